@@ -1,0 +1,1 @@
+"""Uniform and FP32 reference baselines."""

@@ -1,0 +1,98 @@
+"""CostModel: one implementation of size, BitOPs and average bits used by every method and table.
+
+Conventions (METHODS.md section 1): size counts conv/linear weights only, ``sum(n_l * b_l) / 8 / 2^20``
+MiB; BitOPs ``sum(MACs_l * b_w,l * b_a,l)`` in G over conv/linear MACs; FP32 layers count 32 bits;
+average weight bits are parameter-weighted. MACs are measured once by a forward pass of one image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mpqbench.models.layout import QuantLayout
+from mpqbench.policy import BitPolicy
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    params: int
+    macs: int
+
+
+class CostModel:
+    def __init__(self, layers: dict[str, LayerCost], layout: QuantLayout):
+        self.layers = layers
+        self.layout = layout
+
+    @classmethod
+    def measure(cls, model: nn.Module, layout: QuantLayout, input_shape: tuple[int, int, int]) -> "CostModel":
+        """Count each layer's weights and its MACs for one input of ``input_shape`` (C, H, W)."""
+        modules = dict(model.named_modules())
+        macs: dict[str, int] = {}
+        hooks = []
+        for name in layout.layers:
+            module = modules[name]
+
+            def hook(mod, inputs, output, name=name):
+                per_output = mod.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
+                macs[name] = int(output[0].numel() * per_output)
+
+            hooks.append(module.register_forward_hook(hook))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, *input_shape))
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
+        return cls({n: LayerCost(modules[n].weight.numel(), macs[n]) for n in layout.layers}, layout)
+
+    @property
+    def total_params(self) -> int:
+        return sum(c.params for c in self.layers.values())
+
+    @property
+    def total_macs(self) -> int:
+        return sum(c.macs for c in self.layers.values())
+
+    def size_mb(self, policy: BitPolicy) -> float:
+        return sum(c.params * policy[n].w for n, c in self.layers.items()) / 8 / MIB
+
+    def bitops_g(self, policy: BitPolicy) -> float:
+        return sum(c.macs * policy[n].w * policy[n].a for n, c in self.layers.items()) / 1e9
+
+    def avg_bits(self, policy: BitPolicy) -> float:
+        """Parameter-weighted average weight bits (the compression-rate convention: 32 / avg_bits)."""
+        return sum(c.params * policy[n].w for n, c in self.layers.items()) / self.total_params
+
+    def mean_bits(self, policy: BitPolicy) -> float:
+        """Plain mean of weight bits over layers (some papers report this instead)."""
+        return sum(policy[n].w for n in self.layers) / len(self.layers)
+
+    def mean_act_bits(self, policy: BitPolicy) -> float:
+        return sum(policy[n].a for n in self.layers) / len(self.layers)
+
+    def metrics(self, policy: BitPolicy) -> dict[str, float]:
+        return {
+            "size_mb": self.size_mb(policy),
+            "bitops_g": self.bitops_g(policy),
+            "avg_w_bits": self.avg_bits(policy),
+            "mean_w_bits": self.mean_bits(policy),
+            "mean_a_bits": self.mean_act_bits(policy),
+            "params": self.total_params,
+            "macs": self.total_macs,
+        }
+
+    def unit_params(self) -> dict[str, int]:
+        """Weights per unit (layers sharing weight bits summed), keyed by unit name."""
+        return {self.layout.unit_name(g): sum(self.layers[n].params for n in g) for g in self.layout.weight_groups}
+
+    def unit_macs(self) -> dict[str, int]:
+        return {self.layout.unit_name(g): sum(self.layers[n].macs for n in g) for g in self.layout.weight_groups}

@@ -1,0 +1,96 @@
+"""The built-in data sets, registered as an ordinary plugin (entry point ``datasets``).
+
+Nothing is downloaded: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package, digits from
+scikit-learn's bundled copy, CIFAR-10 from a folder the user already has.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, FashionMNIST
+
+from mpqbench import hookimpl
+from mpqbench.api import DatasetEntry
+from mpqbench.data.splits import Augment, DataSplits, make_splits
+from mpqbench.errors import UserError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+
+
+def fashion_mnist(root: str | None, cache: Path) -> DataSplits:
+    """Debian's IDX files, unpacked once into the cache and read with torchvision's loader."""
+    src = Path(root or FASHION_MNIST_DIR)
+    raw = cache / "FashionMNIST" / "raw"
+    for name in FASHION_FILES:
+        if (raw / name).exists():
+            continue
+        gz = src / f"{name}.gz"
+        if not gz.exists() and not (src / name).exists():
+            raise UserError(f"Fashion-MNIST not found in {src} (apt-get install dataset-fashion-mnist, "
+                            "or pass --data-root DIR with its IDX files)")
+        raw.mkdir(parents=True, exist_ok=True)
+        tmp = raw / f".{name}.{os.getpid()}"
+        tmp.write_bytes(gzip.decompress(gz.read_bytes()) if gz.exists() else (src / name).read_bytes())
+        os.replace(tmp, raw / name)
+    train = FashionMNIST(str(cache), train=True, download=False)
+    test = FashionMNIST(str(cache), train=False, download=False)
+    return make_splits("fashion-mnist", train.data, train.targets, test.data, test.targets, classes=10,
+                       val_size=5000, calib_size=1024, augment=Augment(pad=2, flip=True))
+
+
+def digits(root: str | None, cache: Path) -> DataSplits:
+    """scikit-learn's bundled 8x8 digits (1797 images): a tiny real data set for fast tests."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.from_numpy(np.round(data.images * (255.0 / 16.0)).astype(np.uint8))
+    y = torch.from_numpy(data.target.astype(np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    test, train = perm[:360], perm[360:]
+    return make_splits("digits", x[train], y[train], x[test], y[test], classes=10, val_size=180,
+                       calib_size=256)
+
+
+class _LocalCIFAR10(CIFAR10):
+    """torchvision's CIFAR-10 reader without the md5 check, so a partial local copy (or a test's tiny
+    folder in the same pickle-batch format) loads; nothing is ever downloaded."""
+
+    def _check_integrity(self) -> bool:
+        base = Path(self.root) / self.base_folder
+        return all((base / name).exists() for name, _ in self.train_list + self.test_list)
+
+
+def cifar10(root: str | None, cache: Path) -> DataSplits:
+    if root is None:
+        raise UserError("cifar10 needs --data-root DIR (a folder holding cifar-10-batches-py/)")
+    if not (Path(root) / "cifar-10-batches-py").is_dir():
+        raise UserError(f"CIFAR-10 not found: {root}/cifar-10-batches-py does not exist")
+    train, test = _LocalCIFAR10(root, train=True), _LocalCIFAR10(root, train=False)
+
+    def images(ds):
+        return torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+
+    n = len(train.targets)
+    return make_splits("cifar10", images(train), torch.tensor(train.targets), images(test),
+                       torch.tensor(test.targets), classes=10, val_size=min(5000, n // 10),
+                       calib_size=1024, augment=Augment(pad=4, flip=True))
+
+
+DATASETS = (
+    DatasetEntry("fashion-mnist", fashion_mnist, "Fashion-MNIST 28x28x1, Debian package (embedded default)"),
+    DatasetEntry("digits", digits, "scikit-learn digits 8x8x1, for fast tests"),
+    DatasetEntry("cifar10", cifar10, "CIFAR-10 32x32x3 from a local folder (--data-root)"),
+)
+
+
+@hookimpl
+def mpqbench_register_datasets(register):
+    for entry in DATASETS:
+        register(entry)

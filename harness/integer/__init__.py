@@ -1,0 +1,1 @@
+"""Integer deployment: the exported model, its reference executor."""

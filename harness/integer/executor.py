@@ -1,0 +1,147 @@
+"""The reference integer executor: the oracle every hardware target is compared with, bit for bit.
+
+Integer arithmetic only, on int64 NumPy arrays, with the rounding rules of :mod:`.fixedpoint` (one
+rounding per requantisation, half toward +infinity) and the op semantics of :mod:`.model`.
+Convolution sums may go through float32 or float64 matrix multiplication for speed, but only where a
+bound checked per op from the static ranges (``K * max|x - z| * max|w|`` below 2^24 or 2^53) proves
+that every partial sum is an integer the float type holds exactly; otherwise they run in int64. Every
+accumulator is checked to fit in int32, as a target's would have to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from mpqbench.integer.fixedpoint import requantize, rounding_shift
+from mpqbench.integer.model import IntegerModel, Op
+
+EXACT_FLOAT32, EXACT_FLOAT64 = 2**24, 2**53
+
+
+def run(imodel: IntegerModel, x: np.ndarray, keep: bool = False, batch: int = 256):
+    """Run on uint8/int inputs (N, C, H, W). Returns int64 logits (N, classes), and with ``keep`` also
+    every tensor by name (for locating the first layer where a target diverges)."""
+    info = imodel.input_info
+    x = np.asarray(x)
+    if x.size and (x.min() < info.qmin or x.max() > info.qmax):
+        raise ValueError(f"inputs outside the input tensor's range [{info.qmin}, {info.qmax}]")
+    outs, kept = [], {}
+    for i in range(0, len(x), batch):
+        values = _forward(imodel, x[i:i + batch].astype(np.int64), keep)
+        outs.append(values[imodel.output])
+        if keep:
+            for k, v in values.items():
+                kept.setdefault(k, []).append(v)
+    logits = np.concatenate(outs) if outs else np.zeros((0,) + imodel.tensors[imodel.output].shape, np.int64)
+    if keep:
+        return logits, {k: np.concatenate(v) for k, v in kept.items()}
+    return logits
+
+
+def _forward(imodel: IntegerModel, x: np.ndarray, keep: bool) -> dict[str, np.ndarray]:
+    values = {imodel.input: x}
+    remaining = _last_use(imodel)
+    for step, op in enumerate(imodel.ops):
+        out = OPS[op.kind](imodel, op, [values[i] for i in op.inputs])
+        values[op.output] = out.reshape((len(out),) + tuple(imodel.tensors[op.output].shape))
+        if not keep:
+            for name in op.inputs:
+                if remaining[name] == step:
+                    del values[name]
+    return values
+
+
+def _last_use(imodel: IntegerModel) -> dict[str, int]:
+    last = {}
+    for step, op in enumerate(imodel.ops):
+        for name in op.inputs:
+            last[name] = step
+    return last
+
+
+def _clamp_out(y: np.ndarray, op: Op) -> np.ndarray:
+    return np.clip(y + op.attrs["out_zero_point"], op.attrs["lo"], op.attrs["hi"])
+
+
+def _requant_out(imodel: IntegerModel, op: Op, acc: np.ndarray) -> np.ndarray:
+    if imodel.tensors[op.output].kind == "acc":
+        return acc
+    return _clamp_out(requantize(acc, imodel.array(op, "mult"), imodel.array(op, "shift")), op)
+
+
+def _check_acc(acc: np.ndarray, op: Op) -> np.ndarray:
+    if acc.size and np.abs(acc).max() >= 2**31:
+        raise OverflowError(f"{op.name}: accumulator exceeds int32")
+    return acc
+
+
+def _float_type(imodel: IntegerModel, op: Op, k: int, w: np.ndarray):
+    inp = imodel.tensors[op.inputs[0]]
+    z = op.attrs["in_zero_point"]
+    bound = k * max(abs(inp.qmin - z), abs(inp.qmax - z)) * int(np.abs(w).max(initial=0))
+    if bound < EXACT_FLOAT32:
+        return np.float32
+    return np.float64 if bound < EXACT_FLOAT64 else np.int64
+
+
+def conv(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0] - op.attrs["in_zero_point"]
+    w = imodel.weight(op)
+    groups = op.attrs["groups"]
+    (sh, sw), (ph, pw) = op.attrs["stride"], op.attrs["padding"]
+    o, cg, kh, kw = w.shape
+    dtype = _float_type(imodel, op, cg * kh * kw, w)
+    x = np.pad(x.astype(dtype), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # N, C, OH, OW, kh, kw
+    n, c, oh, ow = win.shape[:4]
+    wf = w.astype(dtype)
+    if groups == 1:
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+        acc = (cols @ wf.reshape(o, -1).T).reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+    elif groups == c == o:
+        acc = np.einsum("nchwij,cij->nchw", win, wf[:, 0])
+    else:
+        og = o // groups
+        acc = np.concatenate([
+            np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg], wf[g * og:(g + 1) * og])
+            for g in range(groups)], axis=1)
+    acc = _to_int(acc) + imodel.array(op, "bias").astype(np.int64)[None, :, None, None]
+    return _requant_out(imodel, op, _check_acc(acc, op))
+
+
+def linear(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].reshape(len(inputs[0]), -1) - op.attrs["in_zero_point"]
+    w = imodel.weight(op)
+    dtype = _float_type(imodel, op, w.shape[1], w)
+    acc = _to_int(x.astype(dtype) @ w.astype(dtype).T) + imodel.array(op, "bias").astype(np.int64)
+    return _requant_out(imodel, op, _check_acc(acc, op))
+
+
+def _to_int(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.int64 else np.rint(a).astype(np.int64)
+
+
+def add(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
+    total = 0
+    for i, (v, z) in enumerate(zip(inputs, op.attrs["in_zero_points"])):
+        total = total + requantize(v - z, imodel.array(op, f"mult{i}"), imodel.array(op, f"shift{i}"))
+    return _clamp_out(rounding_shift(total, op.attrs["frac_bits"]), op)
+
+
+def avgpool(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0] - op.attrs["in_zero_point"]
+    total = x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2)[:, :, None, None]
+    return _requant_out(imodel, op, total)
+
+
+def maxpool(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
+    (kh, kw), (sh, sw), (ph, pw) = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
+    x = inputs[0] - op.attrs["in_zero_point"]
+    floor = np.iinfo(np.int64).min
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=floor)
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    return _requant_out(imodel, op, win.max(axis=(4, 5)))
+
+
+OPS = {"conv": conv, "linear": linear, "add": add, "avgpool": avgpool, "maxpool": maxpool}

@@ -1,0 +1,121 @@
+"""IntegerModel: the deployable, framework-free form of a fine-tuned QuantModel.
+
+A list of ops over named tensors, with NumPy arrays for weights and requantisation constants and plain
+metadata; one ``.npz`` file (no pickle: metadata is a JSON string stored as bytes). Tensors are either
+quantized activations (``q``: ``bits``, ``signed``, ``zero_point``; ``scale`` is informational) or int32
+accumulators (``acc``) that flow from a conv straight into a residual add.
+
+Ops (``attrs`` / arrays):
+
+* ``conv``: ``stride``, ``padding``, ``groups``, ``w_bits``, ``w_shape`` (O, I/groups, kh, kw);
+  ``weight`` (packed, see :mod:`.packing`), ``bias`` int32. ``acc = sum(w * (x - z_in)) + bias`` with
+  the input padded by its zero point. For a ``q`` output: ``y = clamp(rounding_shift(acc * mult, shift)
+  + z_out, lo, hi)`` with per-channel int32 ``mult``/``shift`` (ReLU/ReLU6 are the clamp bounds).
+* ``linear``: the same with ``w_shape`` (O, I) on the flattened input.
+* ``add``: ``t_i = rounding_shift((v_i) * mult_i, shift_i)`` for both inputs, ``v`` an accumulator or
+  ``x - z``, each rescaled to the output scale times ``2^frac_bits``; then ``y = clamp(rounding_shift(
+  t_a + t_b, frac_bits) + z_out, lo, hi)``.
+* ``avgpool`` (global): ``y = clamp(rounding_shift(sum_hw(x - z_in) * mult, shift) + z_out, lo, hi)``.
+* ``maxpool``: ``kernel``, ``stride``, ``padding``; max over the window (padding never wins), then the
+  same requantisation from ``x - z_in`` as avgpool with window size 1.
+
+The rounding rules are those of :mod:`.fixedpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpqbench.integer.packing import unpack
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    kind: str  # "q" or "acc"
+    shape: tuple[int, ...]  # per image: (C, H, W) or (C,)
+    bits: int = 32
+    signed: bool = True
+    zero_point: int = 0
+    scale: float | None = None  # real value of one step (q tensors); informational
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+@dataclass
+class Op:
+    kind: str
+    name: str  # the layer or node it comes from
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class IntegerModel:
+    def __init__(self, tensors: dict[str, TensorInfo], ops: list[Op], arrays: dict[str, np.ndarray],
+                 input: str, output: str, meta: dict[str, Any] | None = None):
+        self.tensors = tensors
+        self.ops = ops
+        self.arrays = arrays
+        self.input = input
+        self.output = output
+        self.meta = meta or {}
+        self._weights: dict[str, np.ndarray] = {}
+
+    def array(self, op: Op, key: str) -> np.ndarray:
+        return self.arrays[f"{op.name}.{key}"]
+
+    def weight(self, op: Op) -> np.ndarray:
+        """Unpacked int8 weights of a conv/linear op (cached)."""
+        if op.name not in self._weights:
+            shape = tuple(op.attrs["w_shape"])
+            values = unpack(self.array(op, "weight"), op.attrs["w_bits"], int(np.prod(shape)))
+            self._weights[op.name] = values.reshape(shape)
+        return self._weights[op.name]
+
+    @property
+    def input_info(self) -> TensorInfo:
+        return self.tensors[self.input]
+
+    def weight_bytes(self) -> int:
+        return sum(a.nbytes for k, a in self.arrays.items() if k.endswith(".weight"))
+
+    def save(self, path: str | Path) -> None:
+        header = {
+            "format": FORMAT_VERSION,
+            "tensors": [asdict(t) for t in self.tensors.values()],
+            "ops": [asdict(o) for o in self.ops],
+            "input": self.input,
+            "output": self.output,
+            "meta": self.meta,
+        }
+        blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        with open(path, "wb") as fh:
+            np.savez(fh, __header__=blob, **self.arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IntegerModel":
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(npz["__header__"].tobytes().decode())
+            arrays = {k: npz[k] for k in npz.files if k != "__header__"}
+        if header.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: integer model format {header.get('format')} is not {FORMAT_VERSION}")
+        tensors = {}
+        for t in header["tensors"]:
+            t["shape"] = tuple(t["shape"])
+            tensors[t["name"]] = TensorInfo(**t)
+        ops = [Op(**o) for o in header["ops"]]
+        return cls(tensors, ops, arrays, header["input"], header["output"], header["meta"])

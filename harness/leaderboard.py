@@ -1,0 +1,132 @@
+"""Leaderboard tables from run records (pandas + tabulate): Markdown, CSV and JSON.
+
+One row per (method with its parameters, model, data set, budget); numbers are mean +- std over the
+seeds that finished, with the seed count; failed runs are counted and their first error shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["method", "model", "dataset", "budget"]
+METRICS = [  # record metric -> column title
+    ("top1", "top-1 %"),
+    ("int_top1", "int top-1 %"),
+    ("int_minus_fq", "int - fq"),
+    ("drop", "drop vs FP32"),
+    ("avg_w_bits", "W bits"),
+    ("mean_a_bits", "A bits"),
+    ("size_mb", "size MB"),
+    ("bitops_g", "BitOPs G"),
+    ("search_s", "search s"),
+    ("train_s", "train s"),
+]
+
+
+def flatten(record: dict) -> dict:
+    """One record as a flat row of numbers (NaN where a run has no such figure)."""
+    spec = record["spec"]
+    row = {"method": record["label"], "model": spec["model"], "dataset": spec["dataset"],
+           "budget": spec["budget"] or "-", "seed": spec["seed"], "status": record["status"],
+           "error": record.get("error"), "id": record["id"]}
+    metrics = record.get("metrics", {})
+    phases = record.get("phases", {})
+    row.update({k: metrics.get(k, np.nan) for k, _ in METRICS if not k.endswith("_s")})
+    row["search_s"] = phases.get("search", {}).get("seconds", np.nan)
+    row["train_s"] = phases.get("train", {}).get("seconds", np.nan)
+    row["budget_met"] = record.get("budget", {}).get("met")
+    for name, section in record.get("targets", {}).items():
+        row[f"{name}:status"] = section["status"]
+        if section["status"] == "done":
+            row[f"{name}:bit_exact"] = section["check"]["bit_exact"]
+            for metric in section.get("headline") or section["metrics"]:
+                m = section["metrics"].get(metric)
+                if m:
+                    row[f"{name}:{metric}"] = m["value"]
+                    row.setdefault("_units", {})[f"{name}:{metric}"] = f"{m['unit']}, {m['how']}"
+    return row
+
+
+def table(records: Iterable[dict]) -> pd.DataFrame:
+    """The numeric leaderboard: ``<metric>`` (mean) and ``<metric>_std`` columns per group."""
+    rows = [flatten(r) for r in records if r.get("status") in ("done", "failed")]
+    if not rows:
+        return pd.DataFrame(columns=KEYS)
+    units = {}
+    for r in rows:
+        units.update(r.pop("_units", {}))
+    df = pd.DataFrame(rows)
+    df["_order"] = [(r["dataset"], r["model"], "" if r["budget"] == "-" else r["budget"], r["method"] != "fp32",
+                     r["method"]) for r in rows]
+    df = df.sort_values("_order", kind="stable").drop(columns="_order")
+    target_cols = sorted(c for c in df.columns if ":" in c and not c.endswith((":status", ":bit_exact")))
+    out = []
+    for key, group in df.groupby(KEYS, sort=False, dropna=False):
+        done = group[group.status == "done"]
+        row = dict(zip(KEYS, key))
+        row["seeds"] = len(done)
+        row["failed"] = int((group.status == "failed").sum())
+        row["error"] = next((e for e in group.error if isinstance(e, str)), "")
+        for metric, _ in METRICS:
+            values = pd.to_numeric(done[metric], errors="coerce").dropna()
+            row[metric] = values.mean() if len(values) else np.nan
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        met = done.budget_met.dropna()
+        row["budget_met"] = "-" if met.empty else f"{int(met.sum())}/{len(met)}"
+        for status_col in (c for c in df.columns if c.endswith(":status")):
+            name = status_col[:-len(":status")]
+            statuses = done[status_col].dropna()
+            if statuses.empty:
+                continue
+            exact = done.get(f"{name}:bit_exact", pd.Series(dtype=object)).dropna()
+            row[f"{name} bit-exact"] = f"{int(exact.astype(bool).sum())}/{len(exact)}" if len(exact) else (
+                statuses.iloc[0])
+            for col in (c for c in target_cols if c.startswith(name + ":")):
+                values = pd.to_numeric(done[col], errors="coerce").dropna()
+                row[col] = values.mean() if len(values) else np.nan
+        out.append(row)
+    result = pd.DataFrame(out)
+    result.attrs["units"] = units
+    return result
+
+
+def _fmt(mean, std, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return ""
+    text = f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if std is not None and not np.isnan(std) else "")
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The human table: mean ± std strings, target columns titled with their units."""
+    if df.empty:
+        return "(no finished runs)"
+    shown = df[KEYS + ["seeds"]].copy()
+    for metric, title in METRICS:
+        digits = 2 if metric not in ("search_s", "train_s") else 1
+        shown[title] = [_fmt(m, s, digits) for m, s in zip(df[metric], df[f"{metric}_std"])]
+    shown["budget met"] = df["budget_met"]
+    units = df.attrs.get("units", {})
+    for col in df.columns:
+        if col.endswith(" bit-exact"):
+            shown[col] = df[col].fillna("")
+        elif ":" in col:
+            title = f"{col} ({units[col]})" if col in units else col
+            shown[title] = [f"{v:.4g}" if not np.isnan(v) else "" for v in df[col]]
+    if df["failed"].any():
+        shown["failed"] = [f"{n}: {e[:80]}" if n else "" for n, e in zip(df["failed"], df["error"])]
+    shown = shown.loc[:, [c for c in shown.columns if (shown[c].astype(str) != "").any()]]
+    return shown.to_markdown(index=False)
+
+
+def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
+    paths[0].write_text(markdown(df) + "\n")
+    df.to_csv(paths[1], index=False)
+    df.to_json(paths[2], orient="records", indent=1)
+    return paths

@@ -1,0 +1,1 @@
+"""Models: declared quantization layouts and the built-in networks."""

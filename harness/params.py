@@ -1,0 +1,79 @@
+"""Plugin parameters on the command line: ``name:key=value:key=value``.
+
+Values are typed by the plugin's declared default (bool, int, float, str, or a tuple of ints written
+``4/8`` or as a range ``2-8``). Unknown keys and ill-typed values are user errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mpqbench.errors import UserError
+
+
+def split_component(text: str) -> tuple[str, dict[str, str]]:
+    """``ompq:beta=1:candidates=2-8`` -> ("ompq", {"beta": "1", "candidates": "2-8"})."""
+    name, *pairs = text.strip().split(":")
+    raw = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"malformed parameter {pair!r} in {text!r}: write name:key=value")
+        raw[key.strip()] = value.strip()
+    if not name.strip():
+        raise UserError(f"missing name in {text!r}")
+    return name.strip(), raw
+
+
+def _int_tuple(value: str) -> tuple[int, ...]:
+    if "-" in value and "/" not in value:
+        lo, hi = (int(v) for v in value.split("-", 1))
+        return tuple(range(lo, hi + 1))
+    return tuple(int(v) for v in value.split("/"))
+
+
+def coerce(owner: str, defaults: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by ``raw`` (strings from the CLI, or already-typed values from TOML)."""
+    out = dict(defaults)
+    for key, value in raw.items():
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise UserError(f"{owner} has no parameter {key!r} (parameters: {known})")
+        default = defaults[key]
+        try:
+            if not isinstance(value, str):
+                out[key] = tuple(value) if isinstance(default, tuple) else value
+            elif isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, tuple):
+                out[key] = _int_tuple(value)
+            elif default is None:
+                out[key] = None if value.lower() == "none" else _number_or_text(value)
+            else:
+                out[key] = type(default)(value)
+        except ValueError:
+            raise UserError(f"{owner}: parameter {key}={value!r} is not a valid {type(default).__name__}") from None
+    return out
+
+
+def _number_or_text(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def label(name: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """``ompq(beta=1)``: the name plus every parameter that differs from its default."""
+    changed = [f"{k}={_fmt(v)}" for k, v in params.items() if defaults.get(k) != v]
+    return f"{name}({','.join(changed)})" if changed else name
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "/".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,1 @@
+"""Quantization building blocks shared by every method: quantizers, quantized layers, QuantModel."""
