@@ -23,9 +23,6 @@ from mpqbench.quant.model import QuantModel
 from mpqbench.recipe import Recipe
 from mpqbench.train import fit
 
-FIRST_LAST_BITS = 8
-
-
 @dataclass
 class RunContext:
     """One cell of the grid, ready to run.

@@ -1,7 +1,7 @@
 """Plugin parameters on the command line: ``name:key=value:key=value``.
 
-Values are typed by the plugin's declared default (bool, int, float, str, or a tuple of ints written
-``4/8`` or as a range ``2-8``). Unknown keys and ill-typed values are user errors.
+Values are typed by the plugin's declared default (bool, int, float, str, a tuple of ints written ``4/8``
+or as a range ``2-8``, or None for an optional number). Unknown keys and ill-typed values are user errors.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def coerce(owner: str, defaults: Mapping[str, Any], raw: Mapping[str, Any]) -> d
                 out[key] = value.lower() in ("true", "1", "yes")
             elif isinstance(default, tuple):
                 out[key] = _int_tuple(value)
-            elif default is None:
-                out[key] = None if value.lower() == "none" else _number_or_text(value)
+            elif default is None:  # an optional number
+                out[key] = None if value.lower() == "none" else _number(value)
             else:
                 out[key] = type(default)(value)
         except ValueError:
@@ -58,13 +58,11 @@ def coerce(owner: str, defaults: Mapping[str, Any], raw: Mapping[str, Any]) -> d
     return out
 
 
-def _number_or_text(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+def _number(value: str) -> int | float:
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
 
 
 def label(name: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from mpqbench.api import Method, Target
 from mpqbench.config import Component, RunSpec
-from mpqbench.context import FIRST_LAST_BITS, RunContext
+from mpqbench.context import RunContext
 from mpqbench.cost import CostModel
 from mpqbench.data.splits import DataSplits
 from mpqbench.deploy import DeployContext, deploy_target
@@ -48,6 +48,11 @@ def fingerprint(plugin: Method | Target) -> dict[str, str]:
     return {"name": plugin.name, "version": plugin.version, "source": source_hash(plugin)}
 
 
+def fixed_layers(layout, bits: int | None) -> dict[str, tuple[int, int]]:
+    """The layers a run pins: first and last at W``bits``A``bits``, or none when they are searched."""
+    return {} if bits is None else {layout.first: (bits, bits), layout.last: (bits, bits)}
+
+
 def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str | None = None) -> RunContext:
     """Everything a run needs; the FP32 checkpoint is trained here on first use (phase ``fp32``)."""
     method = registry.method(spec.method.name)
@@ -58,8 +63,7 @@ def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str
         fp32, meta = fp32_checkpoint(entry, data, spec.recipe, spec.seed, cache)
     layout = entry.layout(fp32)
     cost = CostModel.measure(fp32, layout, (data.shape.channels, data.shape.size, data.shape.size))
-    fixed = {} if spec.first_last_bits is None else {
-        layout.first: (FIRST_LAST_BITS, FIRST_LAST_BITS), layout.last: (FIRST_LAST_BITS, FIRST_LAST_BITS)}
+    fixed = fixed_layers(layout, spec.first_last_bits)
     budget = spec.budget.resolve(cost, fixed) if spec.budget else None
     run = RunContext(spec=spec, method=method, params=spec.method.kwargs, model_entry=entry, data=data,
                      recipe=spec.recipe, seed=spec.seed, budget=budget, fixed=fixed, fp32=fp32, layout=layout,

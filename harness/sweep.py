@@ -14,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mpqbench.config import Component, RunSpec, SweepConfig
 from mpqbench.registry import Registry, load_registry
-from mpqbench.runner import deploy_missing, execute, fingerprint
+from mpqbench.cost import CostModel
+from mpqbench.runner import deploy_missing, execute, fingerprint, fixed_layers, load_data
 from mpqbench.store import RunStore
 
 log = logging.getLogger("mpqbench.sweep")
@@ -61,6 +62,7 @@ def sweep(cfg: SweepConfig, registry: Registry, cache: Path, disabled: set[str] 
     """
     specs = cfg.expand(registry)
     targets = tuple(cfg.target_components(registry))
+    check_inputs(specs, registry, cache, cfg.data_root)
     store = RunStore(cfg.out)
     summaries, pending = [], []
     for spec in specs:
@@ -91,6 +93,24 @@ def sweep(cfg: SweepConfig, registry: Registry, cache: Path, disabled: set[str] 
                     progress.update(task, description=_describe(futures[future]))
                     progress.advance(task)
     return summaries
+
+
+def check_inputs(specs: list[RunSpec], registry: Registry, cache: Path, data_root: str | None) -> None:
+    """Fail before any run starts (one clear line) on a missing data set or an infeasible budget."""
+    checked = set()
+    for spec in specs:
+        key = (spec.model, spec.dataset, spec.budget, spec.first_last_bits)
+        if key in checked:
+            continue
+        checked.add(key)
+        data = load_data(registry, spec, data_root, cache)
+        if spec.budget is None:
+            continue
+        entry = registry.model(spec.model)
+        model = entry.build(data.shape)
+        layout = entry.layout(model)
+        cost = CostModel.measure(model, layout, (data.shape.channels, data.shape.size, data.shape.size))
+        spec.budget.resolve(cost, fixed_layers(layout, spec.first_last_bits))
 
 
 def _describe(job: Job) -> str:

@@ -59,12 +59,12 @@ def digits(root: str | None, cache: Path) -> DataSplits:
 
 
 class _LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 reader without the md5 check, so a partial local copy (or a test's tiny
-    folder in the same pickle-batch format) loads; nothing is ever downloaded."""
+    """torchvision's CIFAR-10 reader with its md5 checks turned into existence checks, so a partial
+    local copy (or a test's tiny folder in the same pickle-batch format) loads; nothing is downloaded."""
 
-    def _check_integrity(self) -> bool:
-        base = Path(self.root) / self.base_folder
-        return all((base / name).exists() for name, _ in self.train_list + self.test_list)
+    train_list = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in CIFAR10.test_list]
+    meta = {**CIFAR10.meta, "md5": None}
 
 
 def cifar10(root: str | None, cache: Path) -> DataSplits:

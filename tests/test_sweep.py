@@ -1,0 +1,119 @@
+"""The runner, run store and leaderboard end to end, through the CLI as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+HERE = Path(__file__).parent
+TINY = ["--models", "small-cnn", "--datasets", "digits", "--recipe", "tiny", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory) -> str:
+    """A site folder where the example plugin is installed as a distribution with an entry point."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "mpqbench_example_plugin.py").write_text((HERE / "thirdparty" / "mpqbench_example_plugin.py").read_text())
+    info = site / "mpqbench_example_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mpqbench-example-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mpqbench]\nexample = mpqbench_example_plugin\n")
+    return str(site)
+
+
+def _env(plugin_path: str, **extra) -> dict:
+    return {"PYTHONPATH": plugin_path + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+
+
+def test_a_third_party_plugin_registers_through_its_entry_point(plugin_path):
+    result = run_cli("plugins", env=_env(plugin_path))
+    assert result.returncode == 0
+    line = next(line for line in result.stdout.splitlines() if line.startswith("example "))
+    assert "mpqbench-example-plugin" in line and "0.1" in line and "method example-half" in line
+    assert "method ompq" in result.stdout or "method uniform" in result.stdout
+
+
+def test_a_failing_plugin_is_a_failed_row_and_the_sweep_goes_on(plugin_path, tmp_path):
+    out = tmp_path / "res"
+    result = run_cli("run", "--methods", "example-broken,example-half", "--out", str(out), *TINY,
+                     env=_env(plugin_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    records = list(_records(out).values())
+    status = {r["label"]: r["status"] for r in records}
+    assert status == {"example-broken": "failed", "example-half": "done"}
+    broken = next(r for r in records if r["status"] == "failed")
+    assert "fails on purpose" in broken["error"]
+    board = run_cli("leaderboard", "--out", str(out))
+    assert "example-broken" in board.stdout and "fails on purpose" in board.stdout
+    half = next(r for r in records if r["status"] == "done")
+    assert {"search", "train", "fp32"} <= set(half["phases"]) and half["phases"]["train"]["peak_rss_mb"] > 0
+    assert half["environment"]["torch"] and half["metrics"]["int_top1"] > 0
+
+
+def test_rerun_skips_and_kill_9_resumes_without_losing_records(plugin_path, tmp_path):
+    out = tmp_path / "res"
+    args = [str(Path(sys.executable).with_name("mpqbench")), "run", "--methods", "example-sleepy", "--seeds",
+            "0,1,2", "--out", str(out), *TINY]
+    proc = subprocess.Popen(args, env={**os.environ, **_env(plugin_path, EXAMPLE_BLOCK="1")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(_records(out) if (out / "runs").exists() else {}) < 2 and time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before it was killed"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {k: (out / "runs" / f"{k}.json").read_bytes() for k in _records(out)}
+    assert len(before) == 2 and all(json.loads(v)["status"] == "done" for v in before.values())
+    result = run_cli("run", "--methods", "example-sleepy", "--seeds", "0,1,2", "--out", str(out), *TINY,
+                     env=_env(plugin_path))
+    assert result.returncode == 0, result.stderr
+    assert "1 runs finished" not in result.stderr and "(2 reused)" in result.stderr
+    after = _records(out)
+    assert len(after) == 3 and all(r["status"] == "done" for r in after.values())
+    assert all((out / "runs" / f"{k}.json").read_bytes() == v for k, v in before.items())
+    assert not list((out / "runs").glob(".*.tmp"))
+
+
+def test_parallel_jobs_and_toml_config(tmp_path):
+    out = tmp_path / "res"
+    config = tmp_path / "sweep.toml"
+    config.write_text(f"""
+methods = ["uniform:w=8", "uniform"]
+budgets = ["size_mb=w3"]
+models = ["small-cnn"]
+datasets = ["digits"]
+recipe = "tiny"
+seeds = [0, 1]
+jobs = 2
+out = "{out}"
+[recipe_overrides]
+qat_epochs = 1
+""")
+    result = run_cli("run", "--config", str(config), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    records = list(_records(out).values())
+    assert len(records) == 4 and all(r["status"] == "done" for r in records)
+    budgeted = [r for r in records if r["spec"]["budget"]]
+    assert all(r["budget"]["met"] and r["policy"]["conv2"][0] == 3 for r in budgeted)
+    csv = run_cli("leaderboard", "--out", str(out), "--format", "csv").stdout
+    assert csv.splitlines()[0].startswith("method,model,dataset,budget,seeds")
+    assert len(csv.strip().splitlines()) == 3  # header + one row per (method, budget), seeds aggregated
+    written = run_cli("leaderboard", "--out", str(out), "--write", str(tmp_path / "board"))
+    assert written.returncode == 0 and (tmp_path / "board" / "leaderboard.json").exists()
+    rows = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    assert {r["seeds"] for r in rows} == {2}
+    policy = run_cli("policy", budgeted[0]["id"][:8], "--out", str(out))
+    assert policy.returncode == 0 and "conv2" in policy.stdout and "W bits" in policy.stdout
