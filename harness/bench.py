@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     # name -> "module:function"; each function(args: list[str], registry) -> exit code, docstring's
     # first line is its description.
+    "executor": "mpqbench.integer.bench:main",
 }
 
 

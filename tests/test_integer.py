@@ -98,9 +98,10 @@ def _float64_reference(imodel: IntegerModel, x: np.ndarray) -> np.ndarray:
             bias = torch.from_numpy(imodel.array(op, "bias").astype(np.float64))
             xin = ins[0] - op.attrs["in_zero_point"]
             if op.kind == "conv":
-                acc = F.conv2d(xin, w, bias, op.attrs["stride"], op.attrs["padding"], 1, op.attrs["groups"])
+                acc = F.conv2d(xin, w, None, op.attrs["stride"], op.attrs["padding"], 1, op.attrs["groups"])
+                acc = acc * 2.0 ** op.attrs["acc_shift"] + bias[None, :, None, None]
             else:
-                acc = F.linear(xin.flatten(1), w, bias)
+                acc = F.linear(xin.flatten(1), w) * 2.0 ** op.attrs["acc_shift"] + bias
             y = acc if imodel.tensors[op.output].kind == "acc" else out(scaled(acc, op, ""), op)
         elif op.kind == "add":
             t = sum(scaled(v - z, op, i) for i, (v, z) in enumerate(zip(ins, op.attrs["in_zero_points"])))

@@ -92,21 +92,26 @@ def conv(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
     (sh, sw), (ph, pw) = op.attrs["stride"], op.attrs["padding"]
     o, cg, kh, kw = w.shape
     dtype = _float_type(imodel, op, cg * kh * kw, w)
-    x = np.pad(x.astype(dtype), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # N, C, OH, OW, kh, kw
-    n, c, oh, ow = win.shape[:4]
     wf = w.astype(dtype)
     if groups == 1:
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-        acc = (cols @ wf.reshape(o, -1).T).reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
-    elif groups == c == o:
-        acc = np.einsum("nchwij,cij->nchw", win, wf[:, 0])
+        # im2col on channels-last data, so each copied run is a pixel's contiguous channel vector
+        xh = np.pad(x.astype(dtype).transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        win = sliding_window_view(xh, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]  # N, OH, OW, C, kh, kw
+        n, oh, ow, c = win.shape[:4]
+        cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, kh * kw * c)
+        acc = (cols @ wf.transpose(0, 2, 3, 1).reshape(o, -1).T).reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
     else:
-        og = o // groups
-        acc = np.concatenate([
-            np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg], wf[g * og:(g + 1) * og])
-            for g in range(groups)], axis=1)
-    acc = _to_int(acc) + imodel.array(op, "bias").astype(np.int64)[None, :, None, None]
+        x = np.pad(x.astype(dtype), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # N, C, OH, OW, kh, kw
+        c = win.shape[1]
+        if groups == c == o:
+            acc = np.einsum("nchwij,cij->nchw", win, wf[:, 0])
+        else:
+            og = o // groups
+            acc = np.concatenate([
+                np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg], wf[g * og:(g + 1) * og])
+                for g in range(groups)], axis=1)
+    acc = _to_int(acc) * (1 << op.attrs["acc_shift"]) + imodel.array(op, "bias").astype(np.int64)[None, :, None, None]
     return _requant_out(imodel, op, _check_acc(acc, op))
 
 
@@ -114,7 +119,8 @@ def linear(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray
     x = inputs[0].reshape(len(inputs[0]), -1) - op.attrs["in_zero_point"]
     w = imodel.weight(op)
     dtype = _float_type(imodel, op, w.shape[1], w)
-    acc = _to_int(x.astype(dtype) @ w.astype(dtype).T) + imodel.array(op, "bias").astype(np.int64)
+    acc = _to_int(x.astype(dtype) @ w.astype(dtype).T) * (1 << op.attrs["acc_shift"]) + imodel.array(
+        op, "bias").astype(np.int64)
     return _requant_out(imodel, op, _check_acc(acc, op))
 
 

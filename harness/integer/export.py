@@ -28,9 +28,10 @@ from mpqbench.integer.packing import pack
 from mpqbench.quant.graph import ADD, BN, INPUT, LAYER, OUTPUT, PASS, POOL, QUANT, RELU, RELU6, node_kind
 from mpqbench.quant.model import QuantModel
 
-ADD_FRAC_BITS = 16
+ADD_FRAC_BITS = 24
 """Fractional bits the two inputs of a residual add keep before the final rounding."""
 INT32 = (-(2**31), 2**31 - 1)
+MAX_ACC_SHIFT = 16
 
 
 def export(qmodel: QuantModel, input_shape: tuple[int, ...], meta: dict | None = None) -> IntegerModel:
@@ -145,10 +146,13 @@ class _Exporter:
         k[dead] = 1.0
         w_int[dead] = 0
         scale = inp.scale * s_w * k
-        bias = np.round(b / scale)
-        if np.abs(bias).max(initial=0) > INT32[1]:
+        acc_shift = _headroom(w_int, inp, np.abs(b / scale).max(initial=0))
+        if acc_shift is None:
             raise ExportError(f"layer {name}: bias does not fit in int32")
-        attrs = {"w_bits": quantizer.bits, "w_shape": list(w_int.shape), "in_zero_point": inp.zero_point}
+        scale = scale / 2.0**acc_shift
+        bias = np.round(b / scale)
+        attrs = {"w_bits": quantizer.bits, "w_shape": list(w_int.shape), "in_zero_point": inp.zero_point,
+                 "acc_shift": acc_shift}
         if isinstance(layer, nn.Conv2d):
             kind = "conv"
             attrs.update(stride=list(layer.stride), padding=list(layer.padding), groups=layer.groups)
@@ -233,6 +237,21 @@ class _Exporter:
         self.arrays[f"{acc_op.name}.mult"], self.arrays[f"{acc_op.name}.shift"] = mult, shift
         acc_op.attrs.update(out_zero_point=0, lo=INT32[0], hi=INT32[1])
         self.ops.append(Op(acc_op.kind, acc_op.name, acc_op.inputs, "logits", acc_op.attrs))
+
+
+def _headroom(w_int: np.ndarray, inp: TensorInfo, bias_units: float) -> int | None:
+    """The accumulator's left shift: the largest ``k <= MAX_ACC_SHIFT`` with ``|sum| * 2^k`` and
+    ``|bias|`` (in units of the shifted accumulator) both below 2^30, so their sum fits in int32.
+
+    The bias is rounded to one unit of the shifted accumulator; without the shift (TFLite's choice) that
+    unit is a whole product ``s_in * s_w``, which at 2-4 bits is a sizeable fraction of an output step
+    and flips a few percent of the requantised values away from what the fine-tuned model computes."""
+    x_max = max(abs(inp.qmin - inp.zero_point), abs(inp.qmax - inp.zero_point))
+    sum_bound = int(w_int[0].size) * x_max * int(np.abs(w_int).max(initial=0))
+    for k in range(MAX_ACC_SHIFT, -1, -1):
+        if sum_bound * 2**k < 2**30 and bias_units * 2**k < 2**30:
+            return k
+    return None
 
 
 def _pair(v) -> list[int]:

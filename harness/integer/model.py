@@ -7,10 +7,12 @@ accumulators (``acc``) that flow from a conv straight into a residual add.
 
 Ops (``attrs`` / arrays):
 
-* ``conv``: ``stride``, ``padding``, ``groups``, ``w_bits``, ``w_shape`` (O, I/groups, kh, kw);
-  ``weight`` (packed, see :mod:`.packing`), ``bias`` int32. ``acc = sum(w * (x - z_in)) + bias`` with
-  the input padded by its zero point. For a ``q`` output: ``y = clamp(rounding_shift(acc * mult, shift)
-  + z_out, lo, hi)`` with per-channel int32 ``mult``/``shift`` (ReLU/ReLU6 are the clamp bounds).
+* ``conv``: ``stride``, ``padding``, ``groups``, ``w_bits``, ``w_shape`` (O, I/groups, kh, kw),
+  ``acc_shift``; ``weight`` (packed, see :mod:`.packing`), ``bias`` int32.
+  ``acc = (sum(w * (x - z_in)) << acc_shift) + bias``, an int32, with the input padded by its zero
+  point; the left shift gives the bias sub-unit resolution where the sum leaves headroom. For a ``q``
+  output: ``y = clamp(rounding_shift(acc * mult, shift) + z_out, lo, hi)`` with per-channel int32
+  ``mult``/``shift`` (ReLU/ReLU6 are the clamp bounds).
 * ``linear``: the same with ``w_shape`` (O, I) on the flattened input.
 * ``add``: ``t_i = rounding_shift((v_i) * mult_i, shift_i)`` for both inputs, ``v`` an accumulator or
   ``x - z``, each rescaled to the output scale times ``2^frac_bits``; then ``y = clamp(rounding_shift(
