@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mpqbench.errors import UserError
-
 import importlib
+
+from mpqbench.errors import UserError
 
 BENCHMARKS: dict[str, str] = {
     # name -> "module:function"; each function(args: list[str], registry) -> exit code, docstring's

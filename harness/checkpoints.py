@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from mpqbench.api import ModelEntry
 from mpqbench.data.splits import DataSplits
 from mpqbench.paths import file_lock, write_atomic
 from mpqbench.recipe import Recipe
 from mpqbench.train import fit
+from torch import nn
 
 log = logging.getLogger("mpqbench.checkpoints")
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
-from torch import nn
-
 from mpqbench.api import Method, ModelEntry
 from mpqbench.budget import Budget
 from mpqbench.cost import CostModel
@@ -22,6 +20,8 @@ from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
 from mpqbench.recipe import Recipe
 from mpqbench.train import fit
+from torch import nn
+
 
 @dataclass
 class RunContext:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pluggy
-
 from mpqbench.errors import Unavailable
 from mpqbench.integer.model import IntegerModel
 from mpqbench.meter import measure

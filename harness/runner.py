@@ -8,10 +8,9 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
-
 from mpqbench.api import Method, Target
+from mpqbench.checkpoints import fp32_checkpoint
 from mpqbench.config import Component, RunSpec
 from mpqbench.context import RunContext
 from mpqbench.cost import CostModel
@@ -19,7 +18,6 @@ from mpqbench.data.splits import DataSplits
 from mpqbench.deploy import DeployContext, deploy_target
 from mpqbench.environment import environment
 from mpqbench.errors import UserError
-from mpqbench.checkpoints import fp32_checkpoint
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.fixedpoint import ExportError

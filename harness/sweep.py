@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from mpqbench.config import Component, RunSpec, SweepConfig
-from mpqbench.registry import Registry, load_registry
 from mpqbench.cost import CostModel
+from mpqbench.registry import Registry, load_registry
 from mpqbench.runner import deploy_missing, execute, fingerprint, fixed_layers, load_data
 from mpqbench.store import RunStore
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 log = logging.getLogger("mpqbench.sweep")
 

@@ -10,11 +10,10 @@ import math
 from typing import Callable, Iterable
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from mpqbench.data.loader import batches
 from mpqbench.data.splits import DataSplits, Split
+from torch import nn
+from torch.nn import functional as F
 
 log = logging.getLogger("mpqbench.train")
 

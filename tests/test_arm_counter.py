@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from mpqbench.plugins.arm_qemu import toolchain as tc
 
 LOOP_S = r"""

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, int_range
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 HERE = Path(__file__).parent
@@ -117,3 +116,22 @@ qat_epochs = 1
     assert {r["seeds"] for r in rows} == {2}
     policy = run_cli("policy", budgeted[0]["id"][:8], "--out", str(out))
     assert policy.returncode == 0 and "conv2" in policy.stdout and "W bits" in policy.stdout
+
+
+def test_targets_get_columns_and_verify_catches_a_wrong_one(plugin_path, tmp_path):
+    out = tmp_path / "res"
+    env = _env(plugin_path)
+    result = run_cli("run", "--methods", "example-half", "--targets", "example-exact", "--out", str(out), *TINY,
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    assert "example-exact bit-exact" in result.stdout and "1/1" in result.stdout
+    (record,) = _records(out).values()
+    assert record["targets"]["example-exact"]["check"]["bit_exact"] is True
+    ok = run_cli("verify", record["id"], "--targets", "example-exact", "--out", str(out), env=env)
+    assert ok.returncode == 0 and "bit_exact=True" in ok.stdout
+    bad = run_cli("verify", record["id"], "--targets", "example-wrong", "--out", str(out), env=env)
+    assert bad.returncode == 1
+    assert "bit_exact=False" in bad.stdout and "first_divergent_layer=conv1" in bad.stdout
+    again = run_cli("run", "--methods", "example-half", "--targets", "example-exact,example-wrong", "--out",
+                    str(out), *TINY, env=env)
+    assert "(1 reused)" in again.stderr and "example-wrong bit-exact" in again.stdout

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.nn import functional as F
-
 from mpqbench.data.splits import Augment, Split
+from torch.nn import functional as F
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

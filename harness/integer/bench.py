@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-
-from mpqbench.api import ImageShape
 from mpqbench.data.loader import to_float
 from mpqbench.integer import executor
 from mpqbench.integer.export import export

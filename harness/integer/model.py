@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from mpqbench.integer.packing import unpack
 
 FORMAT_VERSION = 1

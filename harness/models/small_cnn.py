@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from mpqbench.api import ImageShape
 from mpqbench.models.layout import QuantLayout, make_layout
+from torch import nn
 
 
 class SmallCNN(nn.Module):

@@ -14,11 +14,10 @@ import operator
 from dataclasses import dataclass
 
 import torch
-from torch import fx, nn
-from torch.nn import functional as F
-
 from mpqbench.errors import UserError
 from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
+from torch import fx, nn
+from torch.nn import functional as F
 
 INPUT, OUTPUT, LAYER, BN, RELU, RELU6, POOL, ADD, PASS, QUANT = (
     "input", "output", "layer", "bn", "relu", "relu6", "pool", "add", "pass", "quant")
@@ -165,7 +164,7 @@ def quant_graph(model: nn.Module) -> tuple[fx.GraphModule, GraphInfo]:
         gm.add_submodule(path, ActQuant())
         with gm.graph.inserting_after(node):
             q = gm.graph.call_module(path, (node,))
-        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        node.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
     gm.graph.lint()
     gm.recompile()
     return gm, info

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
-
 from mpqbench.errors import UserError
 from mpqbench.models.layout import QuantLayout
 from mpqbench.policy import BitPolicy
 from mpqbench.quant.graph import GraphInfo, Point, quant_graph
 from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
 from mpqbench.quant.quantizers import FLOAT_BITS, AffineQuantizer, LSQQuantizer, Quantizer
+from torch import nn
 
 ACT_QUANTIZERS: dict[str, Callable[[Point, int], Quantizer]] = {
     "lsq": lambda point, bits: LSQQuantizer(bits, signed=point.signed),
@@ -47,7 +46,7 @@ class QuantModel(nn.Module):
         self.net = net
         self.layout = layout
         self.info: GraphInfo = info
-        for name, layer in self.layers().items():
+        for layer in self.layers().values():
             layer.weight_quantizer = default_weight_quantizer(layer, 8)
         for name, act in self.points().items():
             point = info.points[name]

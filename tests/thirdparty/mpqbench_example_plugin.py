@@ -2,13 +2,18 @@
 
 ``example-half`` gives every searched layer 4 bits; ``example-broken`` raises in its search;
 ``example-sleepy`` blocks forever on seed 2 while ``$EXAMPLE_BLOCK`` is set (to test kill -9 resumes).
+Targets: ``example-exact`` is the reference executor itself; ``example-wrong`` changes one value of the
+first conv's output, which must be caught as not bit-exact.
 """
 
 import os
 import time
 
+import numpy as np
 from mpqbench import hookimpl
-from mpqbench.api import Method
+from mpqbench.api import Method, Target
+from mpqbench.deploy import Metric, TargetReport
+from mpqbench.integer import executor
 from mpqbench.policy import BitPolicy
 
 
@@ -44,3 +49,34 @@ class Sleepy(Half):
 def mpqbench_register_methods(register):
     for method in (Half(), Broken(), Sleepy()):
         register(method)
+
+
+class Exact(Target):
+    name = "example-exact"
+    version = "0.1"
+    headline = ("images",)
+
+    def deploy(self, run, imodel, inputs):
+        logits, layers = executor.run(imodel, inputs, keep=True)
+        layers = {k: v.copy() for k, v in layers.items()}
+        self.corrupt(imodel, layers)
+        return TargetReport(outputs=layers[imodel.output], layers=layers,
+                            metrics=[Metric("images", len(inputs), "images", "counted")])
+
+    def corrupt(self, imodel, layers):
+        pass
+
+
+class Wrong(Exact):
+    name = "example-wrong"
+
+    def corrupt(self, imodel, layers):
+        layers[imodel.ops[0].output].flat[0] += 1
+        layers[imodel.output] = layers[imodel.output] + (np.arange(layers[imodel.output].size) == 0).reshape(
+            layers[imodel.output].shape)
+
+
+@hookimpl
+def mpqbench_register_targets(register):
+    register(Exact())
+    register(Wrong())
