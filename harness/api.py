@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from torch import nn
+
     from mpqbench.context import RunContext
     from mpqbench.data.splits import DataSplits
     from mpqbench.deploy import TargetReport
     from mpqbench.integer.model import IntegerModel
     from mpqbench.models.layout import QuantLayout
     from mpqbench.policy import BitPolicy
-    from torch import nn
 
 
 class Method:

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from mpqbench.api import ModelEntry
 from mpqbench.data.splits import DataSplits
 from mpqbench.paths import file_lock, write_atomic
 from mpqbench.recipe import Recipe
-from mpqbench.train import fit
-from torch import nn
+from mpqbench.train import CPU, fit
 
 log = logging.getLogger("mpqbench.checkpoints")
 
@@ -26,11 +27,11 @@ def checkpoint_key(model: str, data: DataSplits, recipe: Recipe, seed: int) -> s
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fp32_checkpoint(entry: ModelEntry, data: DataSplits, recipe: Recipe, seed: int,
-                    cache: Path) -> tuple[nn.Module, dict]:
+def fp32_checkpoint(entry: ModelEntry, data: DataSplits, recipe: Recipe, seed: int, cache: Path,
+                    device: torch.device = CPU) -> tuple[nn.Module, dict]:
     """Load the cached FP32 model, or train and cache it (under a lock, so parallel runs train it once).
 
-    Returns the model (eval mode) and its metadata: the key's fields and the training time.
+    Returns the model (on the CPU, eval mode) and its metadata: the key's fields and the training time.
     """
     key = checkpoint_key(entry.name, data, recipe, seed)
     stem = cache / "checkpoints" / f"{entry.name}-{data.name}-s{seed}-{key}"
@@ -38,7 +39,7 @@ def fp32_checkpoint(entry: ModelEntry, data: DataSplits, recipe: Recipe, seed: i
     model = entry.build(data.shape)
     with file_lock(stem.with_suffix(".lock")):
         if weights.exists() and meta_path.exists():
-            model.load_state_dict(torch.load(weights, weights_only=True))
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             model.eval()
             meta = json.loads(meta_path.read_text())
             return model, {**meta, "cached": True}
@@ -47,10 +48,11 @@ def fp32_checkpoint(entry: ModelEntry, data: DataSplits, recipe: Recipe, seed: i
         model = entry.build(data.shape).to(memory_format=torch.channels_last)
         start = time.perf_counter()
         fit(model, data, epochs=recipe.fp32_epochs, lr=recipe.fp32_lr, weight_decay=recipe.fp32_wd,
-            batch_size=recipe.batch_size, momentum=recipe.momentum, seed=seed)
+            batch_size=recipe.batch_size, momentum=recipe.momentum, seed=seed, device=device)
+        model.cpu()
         seconds = time.perf_counter() - start
         meta = {"key": key, "model": entry.name, "dataset": data.name, "seed": seed,
-                "recipe": recipe.fp32_key(), "train_seconds": seconds}
+                "recipe": recipe.fp32_key(), "train_seconds": seconds, "device": str(device)}
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         write_atomic(weights, buf.getvalue())

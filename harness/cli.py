@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, help="cells to run in parallel processes")
     run.add_argument("--data-root", help="folder with the data set's files (CIFAR-10, Fashion-MNIST)")
     run.add_argument("--deploy-images", type=int, help="test images each target runs (default 256)")
+    run.add_argument("--device", help="auto (default: the GPU if there is one), cpu or cuda")
     run.add_argument("--no-progress", action="store_true")
 
     board = sub.add_parser("leaderboard", help="tables from the run records")

@@ -82,6 +82,7 @@ class SweepConfig:
     jobs: int = 1
     data_root: str | None = None
     deploy_images: int = 256
+    device: str = "auto"
 
     @classmethod
     def from_toml(cls, path: str) -> "SweepConfig":

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
+import torch
+from torch import nn
+
 from mpqbench.api import Method, ModelEntry
 from mpqbench.budget import Budget
 from mpqbench.cost import CostModel
@@ -20,7 +23,6 @@ from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
 from mpqbench.recipe import Recipe
 from mpqbench.train import fit
-from torch import nn
 
 
 @dataclass
@@ -48,6 +50,8 @@ class RunContext:
     cost: CostModel
     hook: pluggy.HookRelay
     cache: Path
+    device: torch.device = torch.device("cpu")
+    """Where training runs; the FP32 model, exports and evaluation inputs stay on the CPU."""
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mpqbench.run"))
     phases: dict[str, dict] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +74,7 @@ class RunContext:
         if epochs and not qmodel.is_float:
             fit(qmodel, self.data, epochs=epochs, lr=self.recipe.qat_lr, weight_decay=self.recipe.qat_wd,
                 batch_size=self.recipe.batch_size, momentum=self.recipe.momentum, seed=self.seed,
-                loss_fn=loss_fn, step_hook=step_hook)
+                device=self.device, loss_fn=loss_fn, step_hook=step_hook)
         return qmodel.eval()
 
     @contextmanager

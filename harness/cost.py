@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from mpqbench.models.layout import QuantLayout
 from mpqbench.policy import BitPolicy
-from torch import nn
 
 MIB = 2**20
 

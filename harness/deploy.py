@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pluggy
+
 from mpqbench.errors import Unavailable
 from mpqbench.integer.model import IntegerModel
 from mpqbench.meter import measure

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mpqbench
 import numpy as np
 import psutil
 import torch
+
+import mpqbench
 
 
 def _cpu_model() -> str:

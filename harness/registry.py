@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+
 from mpqbench import hookspecs
 from mpqbench.api import DatasetEntry, Method, ModelEntry, Target
 from mpqbench.errors import UserError

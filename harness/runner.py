@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
 from mpqbench.api import Method, Target
 from mpqbench.checkpoints import fp32_checkpoint
 from mpqbench.config import Component, RunSpec
@@ -26,7 +27,7 @@ from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
 from mpqbench.registry import Registry, source_hash
 from mpqbench.store import RunStore
-from mpqbench.train import accuracy, predict
+from mpqbench.train import accuracy, predict, resolve_device
 
 log = logging.getLogger("mpqbench.runner")
 RECORD_SCHEMA = 1
@@ -51,21 +52,23 @@ def fixed_layers(layout, bits: int | None) -> dict[str, tuple[int, int]]:
     return {} if bits is None else {layout.first: (bits, bits), layout.last: (bits, bits)}
 
 
-def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str | None = None) -> RunContext:
+def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str | None = None,
+                  device: str = "cpu") -> RunContext:
     """Everything a run needs; the FP32 checkpoint is trained here on first use (phase ``fp32``)."""
+    device = resolve_device(device)
     method = registry.method(spec.method.name)
     entry = registry.model(spec.model)
     data = load_data(registry, spec, data_root, cache)
     phases: dict = {}
     with measure(phases, "fp32"):
-        fp32, meta = fp32_checkpoint(entry, data, spec.recipe, spec.seed, cache)
+        fp32, meta = fp32_checkpoint(entry, data, spec.recipe, spec.seed, cache, device)
     layout = entry.layout(fp32)
     cost = CostModel.measure(fp32, layout, (data.shape.channels, data.shape.size, data.shape.size))
     fixed = fixed_layers(layout, spec.first_last_bits)
     budget = spec.budget.resolve(cost, fixed) if spec.budget else None
     run = RunContext(spec=spec, method=method, params=spec.method.kwargs, model_entry=entry, data=data,
                      recipe=spec.recipe, seed=spec.seed, budget=budget, fixed=fixed, fp32=fp32, layout=layout,
-                     cost=cost, hook=registry.pm.hook, cache=cache, phases=phases)
+                     cost=cost, hook=registry.pm.hook, cache=cache, phases=phases, device=device)
     run.extra["fp32_checkpoint"] = meta
     return run
 
@@ -89,12 +92,12 @@ def new_record(spec: RunSpec, registry: Registry) -> dict:
 
 
 def execute(spec: RunSpec, registry: Registry, store: RunStore, targets: list[Component], cache: Path,
-            data_root: str | None = None, deploy_images: int = 256) -> dict:
+            data_root: str | None = None, deploy_images: int = 256, device: str = "cpu") -> dict:
     """Run one cell and write its record; a failure is recorded with its error, never raised."""
     record = new_record(spec, registry)
     torch.manual_seed(spec.seed)
     try:
-        run = build_context(spec, registry, cache, data_root)
+        run = build_context(spec, registry, cache, data_root, device)
         _search_and_train(run, record, store)
         record["status"] = "done"
     except Exception as exc:  # recorded, and the sweep goes on
@@ -132,6 +135,7 @@ def _search_and_train(run: RunContext, record: dict, store: RunStore) -> None:
         preds = predict(model, test)
     metrics.update(fp32_top1=accuracy(fp32_preds, test.y), top1=accuracy(preds, test.y), test_images=len(test))
     if isinstance(model, QuantModel) and not model.is_float:
+        model = model.cpu()
         shape = (run.data.shape.channels, run.data.shape.size, run.data.shape.size)
         with measure(run.phases, "export"):
             imodel = export(model, shape, {"run_id": record["id"], "policy": policy.to_json()})

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from mpqbench.config import Component, RunSpec, SweepConfig
 from mpqbench.cost import CostModel
 from mpqbench.registry import Registry, load_registry
 from mpqbench.runner import deploy_missing, execute, fingerprint, fixed_layers, load_data
 from mpqbench.store import RunStore
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from mpqbench.train import resolve_device
 
 log = logging.getLogger("mpqbench.sweep")
 
@@ -28,6 +30,7 @@ class Job:
     cache: str
     data_root: str | None
     deploy_images: int
+    device: str
 
 
 _REGISTRY: Registry | None = None
@@ -41,7 +44,7 @@ def _worker_init(threads: int, disabled: tuple[str, ...]) -> None:
 
 def _run_job(job: Job) -> dict:
     record = execute(job.spec, _REGISTRY, RunStore(job.out), list(job.targets), Path(job.cache), job.data_root,
-                     job.deploy_images)
+                     job.deploy_images, job.device)
     return _summary(record)
 
 
@@ -59,6 +62,7 @@ def sweep(cfg: SweepConfig, registry: Registry, cache: Path, disabled: set[str] 
     jobs); each worker writes its own records, atomically, so an interrupted sweep loses only the
     cells in flight.
     """
+    resolve_device(cfg.device)
     specs = cfg.expand(registry)
     targets = tuple(cfg.target_components(registry))
     check_inputs(specs, registry, cache, cfg.data_root)
@@ -71,7 +75,8 @@ def sweep(cfg: SweepConfig, registry: Registry, cache: Path, disabled: set[str] 
             deploy_missing(record, registry, store, list(targets), cache, cfg.data_root, cfg.deploy_images)
             summaries.append({**_summary(record), "status": "cached"})
         else:
-            pending.append(Job(spec, targets, str(cfg.out), str(cache), cfg.data_root, cfg.deploy_images))
+            pending.append(Job(spec, targets, str(cfg.out), str(cache), cfg.data_root, cfg.deploy_images,
+                               cfg.device))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(f"{len(pending)} runs to do, {len(summaries)} done", total=len(pending))
@@ -79,7 +84,7 @@ def sweep(cfg: SweepConfig, registry: Registry, cache: Path, disabled: set[str] 
             for job in pending:
                 progress.update(task, description=_describe(job))
                 summaries.append(_summary(execute(job.spec, registry, store, list(targets), cache, cfg.data_root,
-                                                  cfg.deploy_images)))
+                                                  cfg.deploy_images, cfg.device)))
                 progress.advance(task)
         else:
             threads = max(1, (os.cpu_count() or 1) // cfg.jobs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mpqbench.budget import parse_budgets
 from mpqbench.config import Component, RunSpec
 from mpqbench.context import RunContext

@@ -10,12 +10,15 @@ import math
 from typing import Callable, Iterable
 
 import torch
-from mpqbench.data.loader import batches
-from mpqbench.data.splits import DataSplits, Split
 from torch import nn
 from torch.nn import functional as F
 
+from mpqbench.data.loader import batches
+from mpqbench.data.splits import DataSplits, Split
+from mpqbench.errors import UserError
+
 log = logging.getLogger("mpqbench.train")
+CPU = torch.device("cpu")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,10 +34,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one; asking for ``cuda`` without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}") from None
+
+
 def fit(model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_decay: float, batch_size: int,
-        momentum: float, seed: int, loss_fn: Callable | None = None,
+        momentum: float, seed: int, device: torch.device = CPU, loss_fn: Callable | None = None,
         step_hook: Callable[[int, int], None] | None = None) -> list[float]:
-    """Train in place with SGD (Nesterov) and a per-step cosine learning rate; returns mean loss per epoch.
+    """Train in place on ``device`` with SGD (Nesterov) and a per-step cosine learning rate; returns the
+    mean loss per epoch. The model is left on ``device``.
 
     ``loss_fn(model, x, y)`` replaces cross-entropy (e.g. a method's regulariser); ``step_hook(step,
     total)`` runs before each step (e.g. a method changing bitwidths during training).
@@ -46,13 +62,14 @@ def fit(model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_de
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
     history, step = [], 0
-    model.train()
+    model.to(device).train()
     for epoch in range(epochs):
         running, count = 0.0, 0
         for x, y in batches(data.train, batch_size, gen, data.augment, drop_last=True):
             if step_hook:
                 step_hook(step, total)
-            loss = loss_fn(model, x.contiguous(memory_format=torch.channels_last), y)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model, x, y.to(device, non_blocking=True))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
@@ -70,10 +87,12 @@ def fit(model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_de
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, batch_size: int = 1000) -> torch.Tensor:
-    """Top-1 predictions of a float/fake-quant model on a split (eval mode)."""
+    """Top-1 predictions (on the CPU) of a float/fake-quant model on a split, in eval mode, computed on
+    whatever device the model is on."""
     was_training = model.training
     model.eval()
-    preds = [model(x.contiguous(memory_format=torch.channels_last)).argmax(1)
+    device = next(model.parameters()).device
+    preds = [model(x.to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
              for x, _ in batches(split, batch_size)]
     model.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

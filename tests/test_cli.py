@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, never a traceback."""
 
 import pytest
+
 from conftest import run_cli
 from mpqbench.cli import main
 

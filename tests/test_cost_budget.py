@@ -1,4 +1,5 @@
 import pytest
+
 from mpqbench.api import ImageShape
 from mpqbench.budget import Budget, parse_budgets
 from mpqbench.cost import CostModel

@@ -7,6 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models.mobilenetv2 import InvertedResidual
+
 from mpqbench.api import ImageShape, Target
 from mpqbench.deploy import DeployContext, TargetReport, compare, deploy_target
 from mpqbench.integer import executor
@@ -18,9 +22,6 @@ from mpqbench.models.layout import make_layout
 from mpqbench.models.resnets import ResNetCifar
 from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
-from torch import nn
-from torch.nn import functional as F
-from torchvision.models.mobilenetv2 import InvertedResidual
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mpqbench.api import ImageShape
 from mpqbench.data import builtin as data
 from mpqbench.data.loader import augment_batch, batches

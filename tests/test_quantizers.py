@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, int_range
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 HERE = Path(__file__).parent

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10, FashionMNIST
+
 from mpqbench import hookimpl
 from mpqbench.api import DatasetEntry
 from mpqbench.data.splits import Augment, DataSplits, make_splits
 from mpqbench.errors import UserError
-from torchvision.datasets import CIFAR10, FashionMNIST
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

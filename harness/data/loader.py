@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from mpqbench.data.splits import Augment, Split
 from torch.nn import functional as F
+
+from mpqbench.data.splits import Augment, Split
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

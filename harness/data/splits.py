@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+
 from mpqbench.api import ImageShape
 
 SPLIT_SEED = 0

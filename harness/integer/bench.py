@@ -6,6 +6,7 @@ import argparse
 import time
 
 import torch
+
 from mpqbench.data.loader import to_float
 from mpqbench.integer import executor
 from mpqbench.integer.export import export

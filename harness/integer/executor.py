@@ -11,9 +11,10 @@ accumulator is checked to fit in int32, as a target's would have to.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 from mpqbench.integer.fixedpoint import requantize, rounding_shift
 from mpqbench.integer.model import IntegerModel, Op
-from numpy.lib.stride_tricks import sliding_window_view
 
 EXACT_FLOAT32, EXACT_FLOAT64 = 2**24, 2**53
 

@@ -18,14 +18,15 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
+
 from mpqbench.integer.fixedpoint import ExportError, quantize_multipliers
 from mpqbench.integer.model import IntegerModel, Op, TensorInfo
 from mpqbench.integer.packing import pack
 from mpqbench.quant.graph import ADD, BN, INPUT, LAYER, OUTPUT, PASS, POOL, QUANT, RELU, RELU6, node_kind
 from mpqbench.quant.model import QuantModel
-from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn import functional as F
 
 ADD_FRAC_BITS = 24
 """Fractional bits the two inputs of a residual add keep before the final rounding."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mpqbench.integer.packing import unpack
 
 FORMAT_VERSION = 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import nn
+
 from mpqbench.errors import UserError
 from mpqbench.quant.graph import analyze, trace
-from torch import nn
 
 FeatureSpec = tuple[str, Literal["input", "output"]]
 

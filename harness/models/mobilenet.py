@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from mpqbench.api import ImageShape
-from mpqbench.models.layout import QuantLayout, make_layout
-from mpqbench.models.resnets import SMALL_IMAGE
 from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
+
+from mpqbench.api import ImageShape
+from mpqbench.models.layout import QuantLayout, make_layout
+from mpqbench.models.resnets import SMALL_IMAGE
 
 
 def mobilenetv2(shape: ImageShape) -> nn.Module:

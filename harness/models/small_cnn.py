@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from mpqbench.api import ImageShape
 from mpqbench.models.layout import QuantLayout, make_layout
-from torch import nn
 
 
 class SmallCNN(nn.Module):

@@ -14,10 +14,11 @@ import operator
 from dataclasses import dataclass
 
 import torch
-from mpqbench.errors import UserError
-from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
 from torch import fx, nn
 from torch.nn import functional as F
+
+from mpqbench.errors import UserError
+from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
 
 INPUT, OUTPUT, LAYER, BN, RELU, RELU6, POOL, ADD, PASS, QUANT = (
     "input", "output", "layer", "bn", "relu", "relu6", "pool", "add", "pass", "quant")

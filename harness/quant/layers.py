@@ -8,9 +8,10 @@ An empty slot (``None``) leaves the tensor in floating point.
 from __future__ import annotations
 
 import torch
-from mpqbench.quant.quantizers import Quantizer
 from torch import nn
 from torch.nn import functional as F
+
+from mpqbench.quant.quantizers import Quantizer
 
 
 class QuantConv2d(nn.Conv2d):

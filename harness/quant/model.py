@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
+
 from mpqbench.errors import UserError
 from mpqbench.models.layout import QuantLayout
 from mpqbench.policy import BitPolicy
 from mpqbench.quant.graph import GraphInfo, Point, quant_graph
 from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
 from mpqbench.quant.quantizers import FLOAT_BITS, AffineQuantizer, LSQQuantizer, Quantizer
-from torch import nn
 
 ACT_QUANTIZERS: dict[str, Callable[[Point, int], Quantizer]] = {
     "lsq": lambda point, bits: LSQQuantizer(bits, signed=point.signed),

@@ -10,6 +10,7 @@ import os
 import time
 
 import numpy as np
+
 from mpqbench import hookimpl
 from mpqbench.api import Method, Target
 from mpqbench.deploy import Metric, TargetReport
