@@ -10,9 +10,9 @@ Formulation
   objective ``sum score[u][b] * x[u,b]``. Scores are shifted per unit (one choice per unit, so a constant)
   and scaled to [-1, 1] for the solver; the reported objective is in the method's own units.
 * **Budget.** Every budget kind is a sum over layers of a term ``f_l(w_l, a_l)`` (size and average bits
-  ignore ``a``, BitOPs is ``MACs_l * w * a``). Each term is read from the shared :class:`CostModel` as the
-  measure of a policy with that layer alone at ``(w, a)`` and every other layer at 0 bits, so the program has
-  no cost formula of its own. Layers the run pins (``fixed``) are constants. The row is ``sum f <= value``.
+  ignore ``a``, BitOPs is ``MACs_l * w * a``), read from the shared :meth:`CostModel.layer_cost`, so the
+  program has no cost formula of its own. Layers the run pins (``fixed``) are constants. The row is
+  ``sum f <= value``.
 * **Activation bits.** A layer's activation bits are those of the tensor it reads: the largest request of the
   layers reading it (``layout.act_groups``, as :meth:`BitPolicy.from_unit_bits` sets them). Requests are a
   fixed ``act_bits`` or, with ``act_bits=None`` (HAWQ-V3), the requesting layer's own weight bits.
@@ -31,9 +31,10 @@ Formulation
     ``sum_ba f_l(b, a) * z[b,a]`` is the layer's exact cost. ``y`` and ``z`` are continuous: integral ``x``
     forces them integral, and branch-and-bound runs on ``x`` alone.
 
-After solving, the policy is measured with ``Budget.met``; if HiGHS's feasibility tolerance let it overshoot
-(a 1e-7-relative slack on the normalised row), the right-hand side is tightened by the overshoot and the
-program solved again, so the answer always meets the budget as the harness checks it.
+After solving, the policy is measured with ``Budget.met``; if HiGHS's tolerances (feasibility 1e-7 on the
+normalised row, integrality 1e-6) let it overshoot, the right-hand side is tightened by the overshoot and the
+program solved again, so the answer always meets the budget as the harness checks it. A larger overshoot
+than tolerances explain is a modelling error and raises.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ from mpqbench.policy import MAX_BITS, MIN_BITS, BitPolicy
 
 Fixed = Mapping[str, tuple[int, int]]
 RESOLVES = 3
-"""Re-solves allowed when the solver's tolerance lets a policy overshoot the budget."""
+"""Solves allowed when the solver's tolerances let a policy overshoot the budget."""
+MAX_TOLERANCE_OVERSHOOT = 1e-4
+"""Relative overshoot that tolerances can explain; more means the program's cost model is wrong."""
 
 
 def check_bits(owner: str, candidates: Sequence[int], act_bits: int | None) -> tuple[int, ...]:
@@ -86,12 +89,15 @@ def searched_units(layout: QuantLayout, fixed: Fixed) -> list[str]:
 def unit_policy(layout: QuantLayout, fixed: Fixed, bits: Mapping[str, int], act_bits: int | None) -> BitPolicy:
     """The policy for per-unit weight ``bits``: pinned layers as the run fixes them; a searched layer asks for
     ``act_bits`` on its input, or for its own weight bits when ``act_bits`` is None (HAWQ-V3)."""
-    weights = {layout.unit_name(g): bits[layout.unit_name(g)] if layout.unit_name(g) in bits else fixed[g[0]][0]
-               for g in layout.weight_groups}
-    unit_of = {layer: layout.unit_name(g) for g in layout.weight_groups for layer in g}
-    acts = {layer: fixed[layer][1] if layer in fixed else act_bits or weights[unit_of[layer]]
-            for layer in layout.layers}
+    weights = {u: bits[u] if u in bits else fixed[layer][0] for layer, u in _units_of(layout).items()}
+    acts = {layer: fixed[layer][1] if layer in fixed else act_bits or weights[u]
+            for layer, u in _units_of(layout).items()}
     return BitPolicy.from_unit_bits(layout, weights, acts, fixed)
+
+
+def _units_of(layout: QuantLayout) -> dict[str, str]:
+    """Layer -> the name of its unit."""
+    return {layer: layout.unit_name(g) for g in layout.weight_groups for layer in g}
 
 
 @dataclass(frozen=True)
@@ -147,11 +153,11 @@ def allocate(layout: QuantLayout, cost: CostModel, budget: Budget | None, fixed:
         raise UserError("this method needs a budget (pass --budgets KIND=VALUE)")
     cands = tuple(sorted(candidates))
     units = searched_units(layout, fixed)
-    unit_of = {layer: layout.unit_name(g) for g in layout.weight_groups for layer in g}
+    unit_of = _units_of(layout)
 
     @functools.cache
     def term(layer: str, w: int, a: int) -> float:
-        return budget.measure(cost, BitPolicy({n: (w, a) if n == layer else (0, 0) for n in layout.layers}))
+        return cost.layer_cost(budget.kind, layer, w, a)
 
     prog = _Program()
     x = {(u, b): prog.var(integer=True) for u in units for b in cands}
@@ -232,5 +238,8 @@ def allocate(layout: QuantLayout, cost: CostModel, budget: Budget | None, fixed:
         if budget.met(cost, policy):
             return Allocation(bits, policy, float(sum(scores[u][bits[u]] for u in units)), res.message,
                               res.get("mip_gap"), measured)
-        rhs -= (measured - budget.value) / budget.value + 1e-9
+        overshoot = (measured - budget.value) / budget.value
+        if overshoot > MAX_TOLERANCE_OVERSHOOT:
+            raise RuntimeError(f"the integer program's cost model misses {budget.text} by {overshoot:.2g} (a bug)")
+        rhs -= overshoot + 1e-9
     raise RuntimeError(f"integer program kept overshooting budget {budget.text} after {RESOLVES} solves")

@@ -10,6 +10,8 @@ BENCHMARKS: dict[str, str] = {
     # name -> "module:function"; each function(args: list[str], registry) -> exit code, docstring's
     # first line is its description.
     "executor": "mpqbench.integer.bench:main",
+    "ompq-search": "mpqbench.plugins.ompq.bench:main",
+    "hawq-trace": "mpqbench.plugins.hawq_v3.bench:main",
 }
 
 

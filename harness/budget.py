@@ -16,11 +16,7 @@ from mpqbench.cost import CostModel
 from mpqbench.errors import UserError
 from mpqbench.policy import MIN_BITS, BitPolicy
 
-KINDS = {
-    "avg_bits": CostModel.avg_bits,
-    "size_mb": CostModel.size_mb,
-    "bitops_g": CostModel.bitops_g,
-}
+KINDS = ("avg_bits", "size_mb", "bitops_g")
 _UNIFORM = re.compile(r"^w([2-8])(?:a([2-8]))?$")
 RELATIVE_TOLERANCE = 1e-9
 
@@ -51,7 +47,7 @@ class Budget:
         return budget
 
     def measure(self, cost: CostModel, policy: BitPolicy) -> float:
-        return KINDS[self.kind](cost, policy)
+        return cost.total(self.kind, policy)
 
     def met(self, cost: CostModel, policy: BitPolicy) -> bool:
         return self.measure(cost, policy) <= self.value * (1 + RELATIVE_TOLERANCE)

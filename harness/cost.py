@@ -62,15 +62,30 @@ class CostModel:
     def total_macs(self) -> int:
         return sum(c.macs for c in self.layers.values())
 
+    def layer_cost(self, kind: str, layer: str, w: int, a: int) -> float:
+        """One layer's share of a budget kind at ``w``-bit weights and ``a``-bit input activations; every
+        kind is a sum over layers, which is what lets an integer program spend a budget layer by layer."""
+        c = self.layers[layer]
+        if kind == "size_mb":
+            return c.params * w / 8 / MIB
+        if kind == "bitops_g":
+            return c.macs * w * a / 1e9
+        if kind == "avg_bits":
+            return c.params * w / self.total_params
+        raise KeyError(kind)
+
+    def total(self, kind: str, policy: BitPolicy) -> float:
+        return sum(self.layer_cost(kind, n, policy[n].w, policy[n].a) for n in self.layers)
+
     def size_mb(self, policy: BitPolicy) -> float:
-        return sum(c.params * policy[n].w for n, c in self.layers.items()) / 8 / MIB
+        return self.total("size_mb", policy)
 
     def bitops_g(self, policy: BitPolicy) -> float:
-        return sum(c.macs * policy[n].w * policy[n].a for n, c in self.layers.items()) / 1e9
+        return self.total("bitops_g", policy)
 
     def avg_bits(self, policy: BitPolicy) -> float:
         """Parameter-weighted average weight bits (the compression-rate convention: 32 / avg_bits)."""
-        return sum(c.params * policy[n].w for n, c in self.layers.items()) / self.total_params
+        return self.total("avg_bits", policy)
 
     def mean_bits(self, policy: BitPolicy) -> float:
         """Plain mean of weight bits over layers (some papers report this instead)."""

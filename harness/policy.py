@@ -58,12 +58,14 @@ class BitPolicy(Mapping[str, LayerBits]):
     def from_unit_bits(cls, layout, weight_bits: Mapping[str, int], act_bits: Mapping[str, int] | int,
                        fixed: Mapping[str, tuple[int, int]] | None = None) -> "BitPolicy":
         """Expand per-unit weight bits to layers; ``act_bits`` per layer or one value for all. Layers that
-        read the same tensor get the largest activation bitwidth any of them asks for."""
+        read the same tensor get the largest activation bitwidth any of them asks for, or the pinned one
+        when one of them is ``fixed``."""
         fixed = fixed or {}
         w = {layer: weight_bits[layout.unit_name(g)] for g in layout.weight_groups for layer in g}
         a = {layer: act_bits if isinstance(act_bits, int) else act_bits[layer] for layer in layout.layers}
         for g in layout.act_groups:
-            shared = max(a[layer] for layer in g)
+            pinned = [fixed[layer][1] for layer in g if layer in fixed]
+            shared = max(pinned) if pinned else max(a[layer] for layer in g)
             a.update({layer: shared for layer in g})
         return cls({layer: fixed.get(layer, (w[layer], a[layer])) for layer in layout.layers})
 

@@ -58,7 +58,7 @@ def fit(model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_de
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=True)
     steps_per_epoch = max(1, len(data.train) // batch_size)
-    total = epochs * steps_per_epoch
+    total = max(1, epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
     history, step = [], 0

@@ -104,6 +104,12 @@ class LSQQuantizer(Quantizer):
             self.initialized.fill_(False)
 
     @torch.no_grad()
+    def set_step(self, step: torch.Tensor) -> None:
+        """Set the step(s) explicitly (e.g. a method's own initialisation); skips the LSQ init."""
+        self.step.copy_(torch.as_tensor(step, dtype=self.step.dtype).expand_as(self.step))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
     def _init_step(self, x: torch.Tensor) -> None:
         if self.channels:
             mean_abs = x.detach().abs().reshape(x.shape[0], -1).mean(dim=1)
