@@ -120,7 +120,8 @@ def markdown(df: pd.DataFrame) -> str:
     if df["failed"].any():
         shown["failed"] = [f"{n}: {e[:80]}" if n else "" for n, e in zip(df["failed"], df["error"])]
     shown = shown.loc[:, [c for c in shown.columns if (shown[c].astype(str) != "").any()]]
-    return shown.to_markdown(index=False)
+    align = ["left" if c in KEYS else "right" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard") -> list[Path]:

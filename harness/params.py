@@ -1,7 +1,8 @@
 """Plugin parameters on the command line: ``name:key=value:key=value``.
 
 Values are typed by the plugin's declared default (bool, int, float, str, a tuple of ints written ``4/8``
-or as a range ``2-8``, or None for an optional number). Unknown keys and ill-typed values are user errors.
+or as a range ``2-8``, None for an optional number, or a :class:`Choice`). Unknown keys, ill-typed values
+and values outside a choice are user errors, caught before any run starts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,18 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from mpqbench.errors import UserError
+
+
+class Choice(tuple):
+    """A parameter taking one of a fixed set of strings; the first is the default."""
+
+    def __new__(cls, *values: str):
+        return super().__new__(cls, values)
+
+
+def resolve_defaults(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Declared parameters with each :class:`Choice` replaced by its default."""
+    return {k: v[0] if isinstance(v, Choice) else v for k, v in params.items()}
 
 
 def split_component(text: str) -> tuple[str, dict[str, str]]:
@@ -32,14 +45,19 @@ def _int_tuple(value: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value.split("/"))
 
 
-def coerce(owner: str, defaults: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults overridden by ``raw`` (strings from the CLI, or already-typed values from TOML)."""
-    out = dict(defaults)
+def coerce(owner: str, declared: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Declared defaults overridden by ``raw`` (strings from the CLI, or already-typed values from TOML)."""
+    out = resolve_defaults(declared)
     for key, value in raw.items():
-        if key not in defaults:
-            known = ", ".join(defaults) or "none"
+        if key not in declared:
+            known = ", ".join(declared) or "none"
             raise UserError(f"{owner} has no parameter {key!r} (parameters: {known})")
-        default = defaults[key]
+        default = declared[key]
+        if isinstance(default, Choice):
+            if value not in default:
+                raise UserError(f"{owner}: {key}={value!r} is not one of {', '.join(default)}")
+            out[key] = value
+            continue
         try:
             if not isinstance(value, str):
                 out[key] = tuple(value) if isinstance(default, tuple) else value

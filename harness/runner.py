@@ -23,6 +23,7 @@ from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.fixedpoint import ExportError
 from mpqbench.meter import measure
+from mpqbench.params import resolve_defaults
 from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
 from mpqbench.registry import Registry, source_hash
@@ -84,7 +85,7 @@ def new_record(spec: RunSpec, registry: Registry) -> dict:
         "schema": RECORD_SCHEMA,
         "id": spec.run_id(fp),
         "status": "running",
-        "label": spec.method.label(dict(method.params)),
+        "label": spec.method.label(resolve_defaults(method.params)),
         "spec": spec.identity(),
         "plugin": fp,
         "started": _now(),

@@ -103,6 +103,6 @@ def test_residual_downsample_reads_the_max_of_two_units(method_run):
 
 @pytest.mark.parametrize("params", ["candidates=4/9", "a=1", "step=max", "iters=0", "batch=5000", "batches=0"])
 def test_bad_parameters_are_user_errors(method_run, params):
-    run = method_run(params=params, budget="size_mb=w4")
     with pytest.raises(UserError):
+        run = method_run(params=params, budget="size_mb=w4")
         run.method.search(run)

@@ -154,6 +154,6 @@ def test_beta_to_zero_is_size_greedy(method_run):
 @pytest.mark.parametrize("params", ["candidates=1/4", "candidates=4/9", "a=12", "allocation=best", "bn=frozen",
                                     "beta=-1", "batch=1", "batch=100000"])
 def test_bad_parameters_are_user_errors(method_run, params):
-    run = method_run(params=params, budget="size_mb=w4")
     with pytest.raises(UserError):
+        run = method_run(params=params, budget="size_mb=w4")
         run.method.search(run)

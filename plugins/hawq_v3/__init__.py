@@ -42,6 +42,7 @@ from mpqbench.api import Method
 from mpqbench.cost import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
+from mpqbench.params import Choice
 from mpqbench.plugins.hawq_v3.hessian import STEP_INITS, hutchinson, perturbation
 
 
@@ -73,13 +74,11 @@ class HAWQV3(Method):
     version = "1"
     description = "Hutchinson Hessian trace x quantization perturbation, integer program (Yao et al. 2021)"
     params = {"candidates": (4, 8), "a": None, "iters": 100, "tol": 1e-3, "batch": 200, "batches": 1,
-              "step": "lsq"}
+              "step": Choice(*STEP_INITS)}
 
     def search(self, run):
         p = run.params
         candidates = check_bits(self.name, p["candidates"], p["a"])
-        if p["step"] not in STEP_INITS:
-            raise UserError(f"hawq-v3: unknown step {p['step']!r} (known: {', '.join(STEP_INITS)})")
         if p["iters"] < 1 or not p["tol"] >= 0:
             raise UserError(f"hawq-v3: iters={p['iters']} must be >= 1 and tol={p['tol']} >= 0")
         train = run.data.train

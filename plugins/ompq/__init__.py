@@ -55,9 +55,9 @@ from mpqbench.cost import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
 from mpqbench.models.layout import QuantLayout
+from mpqbench.params import Choice
 from mpqbench.plugins.ompq.orm import BN_MODES, extract_features, feature_batch, importance, orm_matrix, rounded
 
-ALLOCATIONS = ("orm", "greedy", "random")
 Timer = Callable[[str], ContextManager]
 
 
@@ -102,16 +102,12 @@ class OMPQ(Method):
     name = "ompq"
     version = "1"
     description = "ORM (linear CKA) importance from one batch, integer program over weight bits (Ma et al. 2023)"
-    params = {"beta": 10.0, "candidates": (2, 3, 4, 5, 6, 7, 8), "a": 8, "batch": 32, "bn": "eval",
-              "allocation": "orm"}
+    params = {"beta": 10.0, "candidates": (2, 3, 4, 5, 6, 7, 8), "a": 8, "batch": 32, "bn": Choice(*BN_MODES),
+              "allocation": Choice("orm", "greedy", "random")}
 
     def search(self, run):
         p = run.params
         candidates = check_bits(self.name, p["candidates"], p["a"])
-        if p["allocation"] not in ALLOCATIONS:
-            raise UserError(f"ompq: unknown allocation {p['allocation']!r} (known: {', '.join(ALLOCATIONS)})")
-        if p["bn"] not in BN_MODES:
-            raise UserError(f"ompq: unknown bn mode {p['bn']!r} (known: {', '.join(BN_MODES)})")
         if not p["beta"] >= 0:
             raise UserError(f"ompq: beta={p['beta']} must be >= 0")
         units = searched_units(run.layout, run.fixed)
