@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "executor": "mpqbench.integer.bench:main",
     "ompq-search": "mpqbench.plugins.ompq.bench:main",
     "hawq-trace": "mpqbench.plugins.hawq_v3.bench:main",
+    "arm-kernels": "mpqbench.plugins.arm_qemu.bench:main",
 }
 
 

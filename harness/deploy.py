@@ -15,6 +15,7 @@ import pluggy
 from mpqbench.errors import Unavailable
 from mpqbench.integer.model import IntegerModel
 from mpqbench.meter import measure
+from mpqbench.params import resolve_defaults
 
 How = Literal["measured", "counted", "simulated", "modelled"]
 
@@ -90,6 +91,7 @@ def deploy_target(ctx: DeployContext, target, imodel: IntegerModel, inputs: np.n
                   reference: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Run one target through the deploy hook and check it; unavailability and errors become the
     section's status rather than exceptions."""
+    ctx.params = {**resolve_defaults(target.params), **ctx.params}
     reason = target.unavailable()
     if reason:
         return {"status": "unavailable", "reason": reason, "params": ctx.params}
@@ -108,5 +110,5 @@ def deploy_target(ctx: DeployContext, target, imodel: IntegerModel, inputs: np.n
         "headline": list(target.headline),
         "per_layer": report.per_layer,
         "conditions": report.conditions,
-        "phase": ctx.phases.get(f"deploy:{target.name}"),
+        "phases": ctx.phases,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from mpqbench.plugins.arm_qemu import toolchain as tc
 
 LOOP_S = r"""

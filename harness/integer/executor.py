@@ -30,9 +30,9 @@ def run(imodel: IntegerModel, x: np.ndarray, keep: bool = False, batch: int = 25
     for i in range(0, len(x), batch):
         values = _forward(imodel, x[i:i + batch].astype(np.int64), keep)
         outs.append(values[imodel.output])
-        if keep:
+        if keep:  # every tensor fits in int32 (accumulators are checked): half the memory of int64
             for k, v in values.items():
-                kept.setdefault(k, []).append(v)
+                kept.setdefault(k, []).append(v.astype(np.int32))
     logits = np.concatenate(outs) if outs else np.zeros((0,) + imodel.tensors[imodel.output].shape, np.int64)
     if keep:
         return logits, {k: np.concatenate(v) for k, v in kept.items()}

@@ -4,6 +4,9 @@ A list of ops over named tensors, with NumPy arrays for weights and requantisati
 metadata; one ``.npz`` file (no pickle: metadata is a JSON string stored as bytes). Tensors are either
 quantized activations (``q``: ``bits``, ``signed``, ``zero_point``; ``scale`` is informational) or int32
 accumulators (``acc``) that flow from a conv straight into a residual add.
+A tensor's ``shape`` (per image) is what its consumers read: where the network flattens between an op
+and the next quantization point, the flatten is folded into the producing op, whose output (e.g.
+``(C, H, W)``) is then laid out as the declared ``(C*H*W,)`` in C order.
 
 Ops (``attrs`` / arrays):
 
