@@ -35,6 +35,17 @@ def mpqbench_cache(isolated_cache) -> Path:
     return isolated_cache
 
 
+@pytest.fixture(scope="module")
+def arm_cache(tmp_path_factory):
+    """A build cache for the arm-qemu tests; they are skipped where the toolchain is missing."""
+    from mpqbench.plugins.arm_qemu import toolchain
+
+    reason = toolchain.unavailable()
+    if reason:
+        pytest.skip(reason)
+    return tmp_path_factory.mktemp("arm-cache")
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The installed console script in a subprocess (what a user runs)."""
     exe = Path(sys.executable).with_name("mpqbench")

@@ -129,25 +129,17 @@ MIX_TAIL = """\
 """
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    reason = tc.unavailable()
-    if reason:
-        pytest.skip(reason)
-    return tmp_path_factory.mktemp("arm-cache")
-
-
-def build_asm(cache, text: str, name: str, *defines: str):
-    src = cache / f"{name}.S"
+def build_asm(arm_cache, text: str, name: str, *defines: str):
+    src = arm_cache / f"{name}.S"
     src.write_text(text)
-    return tc.cross_compile(src, flags=["-nostdlib", "-static", *defines], cache_dir=cache)
+    return tc.cross_compile(src, flags=["-nostdlib", "-static", *defines], cache_dir=arm_cache)
 
 
 @pytest.mark.parametrize("n", [1, 1000])
-def test_loop_counts_are_exact_and_repeat(cache, n):
-    binary = build_asm(cache, LOOP_S, "loop", f"-DN={n}")
-    first = tc.run_counted(binary, cache_dir=cache)
-    second = tc.run_counted(binary, cache_dir=cache)
+def test_loop_counts_are_exact_and_repeat(arm_cache, n):
+    binary = build_asm(arm_cache, LOOP_S, "loop", f"-DN={n}")
+    first = tc.run_counted(binary, cache_dir=arm_cache)
+    second = tc.run_counted(binary, cache_dir=arm_cache)
     assert first.counts == loop_expected(n)
     assert second == first
     assert sum(v for k, v in first.counts.items() if k != "total") == first.total
@@ -156,17 +148,17 @@ def test_loop_counts_are_exact_and_repeat(cache, n):
     assert cond["argv"] == ("./prog",) and "7.2" in cond["qemu_version"]
 
 
-def test_classes_of_a_straight_line_mix(cache):
+def test_classes_of_a_straight_line_mix(arm_cache):
     rows = [line.split("|") for line in MIX.strip().splitlines()]
     body = "".join(f"    {insn}\n" for insn, _ in rows)
-    binary = build_asm(cache, MIX_HEAD + body + MIX_TAIL, "mix")
+    binary = build_asm(arm_cache, MIX_HEAD + body + MIX_TAIL, "mix")
     expected = dict.fromkeys(tc.CLASSES, 0)
     for _, cls in rows:
         expected[cls] += 1
     expected["scalar_alu"] += 5  # sub, mov, mov / mov, mov
     expected["branch_sys"] += 1  # svc
     expected["total"] = len(rows) + 6
-    assert tc.run_counted(binary, cache_dir=cache).counts == expected
+    assert tc.run_counted(binary, cache_dir=arm_cache).counts == expected
 
 
 SDOT_C = r"""
@@ -195,15 +187,15 @@ int main(int argc, char **argv)
 """
 
 
-def test_sdot_count_is_exact(cache):
-    src = cache / "sdot.c"
+def test_sdot_count_is_exact(arm_cache):
+    src = arm_cache / "sdot.c"
     src.write_text(SDOT_C)
-    binary = tc.cross_compile(src, cache_dir=cache)  # default -O2 -static -march=armv8.2-a+dotprod
-    run = tc.run_counted(binary, ["1000", "print"], cache_dir=cache)
+    binary = tc.cross_compile(src, cache_dir=arm_cache)  # default -O2 -static -march=armv8.2-a+dotprod
+    run = tc.run_counted(binary, ["1000", "print"], cache_dir=arm_cache)
     assert run.counts["dot"] == 1000
     assert run.guest_stdout == "32000\n"  # 16 lanes x 1 x 2 per sdot
-    region = tc.region_counts(binary, ["1000"], ["0"], cache_dir=cache)
-    region2 = tc.region_counts(binary, ["2000"], ["0"], cache_dir=cache)
+    region = tc.region_counts(binary, ["1000"], ["0"], cache_dir=arm_cache)
+    region2 = tc.region_counts(binary, ["2000"], ["0"], cache_dir=arm_cache)
     assert region["dot"] == 1000 and region2["dot"] == 2000
     # region = fixed set-up + n x loop body: 1000 more iterations add a whole number per iteration
     step = {k: region2[k] - region[k] for k in region}
@@ -211,29 +203,29 @@ def test_sdot_count_is_exact(cache):
     assert 0 < region["total"] - step["total"] < 200
 
 
-def test_plugin_refuses_an_api_version_qemu_lacks(cache):
-    binary = build_asm(cache, LOOP_S, "loop", "-DN=1")
-    wrong = tc.build_plugin(cache, defines={"INSNCOUNT_REQUIRE_API": 2})
+def test_plugin_refuses_an_api_version_qemu_lacks(arm_cache):
+    binary = build_asm(arm_cache, LOOP_S, "loop", "-DN=1")
+    wrong = tc.build_plugin(arm_cache, defines={"INSNCOUNT_REQUIRE_API": 2})
     with pytest.raises(tc.GuestError, match=r"insncount: QEMU offers plugin API versions 0\.\.1, "
                                             r"this plugin needs version 2"):
         tc.run_counted(binary, plugin=wrong)
 
 
-def test_guest_failure_and_dynamic_binary_are_refused(cache):
-    failing = build_asm(cache, LOOP_S.replace("mov     x0, #0 ", "mov     x0, #3 "), "fail", "-DN=1")
+def test_guest_failure_and_dynamic_binary_are_refused(arm_cache):
+    failing = build_asm(arm_cache, LOOP_S.replace("mov     x0, #0 ", "mov     x0, #3 "), "fail", "-DN=1")
     with pytest.raises(tc.GuestError, match="exited with status 3"):
-        tc.run_counted(failing, cache_dir=cache)
-    src = cache / "dyn.c"
+        tc.run_counted(failing, cache_dir=arm_cache)
+    src = arm_cache / "dyn.c"
     src.write_text("int main(void) { return 0; }\n")
     with pytest.raises(ValueError, match="dynamically linked"):
-        tc.run_counted(tc.cross_compile(src, flags=["-O2"], cache_dir=cache), cache_dir=cache)
+        tc.run_counted(tc.cross_compile(src, flags=["-O2"], cache_dir=arm_cache), cache_dir=arm_cache)
 
 
-def test_builds_are_cached(cache):
-    first = build_asm(cache, LOOP_S, "loop", "-DN=5")
+def test_builds_are_cached(arm_cache):
+    first = build_asm(arm_cache, LOOP_S, "loop", "-DN=5")
     mtime = first.stat().st_mtime_ns
-    assert build_asm(cache, LOOP_S, "loop", "-DN=5") == first and first.stat().st_mtime_ns == mtime
-    assert build_asm(cache, LOOP_S, "loop", "-DN=6") != first
+    assert build_asm(arm_cache, LOOP_S, "loop", "-DN=5") == first and first.stat().st_mtime_ns == mtime
+    assert build_asm(arm_cache, LOOP_S, "loop", "-DN=6") != first
 
 
 @pytest.mark.parametrize("missing, hint", [

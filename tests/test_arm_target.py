@@ -37,17 +37,9 @@ from mpqbench.quant.model import QuantModel
 KERNELS = {name: kernel for kernel, name in lay.KERNEL_NAMES.items()}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    reason = tc.unavailable()
-    if reason:
-        pytest.skip(reason)
-    return tmp_path_factory.mktemp("arm-cache")
-
-
-def check_run(imodel: IntegerModel, x: np.ndarray, cache) -> RuntimeRun:
+def check_run(imodel: IntegerModel, x: np.ndarray, arm_cache) -> RuntimeRun:
     """Run on the runtime; every tensor must equal the executor's, and the counts must add up."""
-    run = RuntimeRun(imodel, x, cache_dir=cache)
+    run = RuntimeRun(imodel, x, cache_dir=arm_cache)
     logits, ref = executor.run(imodel, x, keep=True)
     for op in imodel.ops:
         assert np.array_equal(run.layers[op.output], ref[op.output]), f"{op.name} ({op.kind}) differs"
@@ -79,18 +71,18 @@ _start:
 
 
 @pytest.mark.parametrize("n", [1, 1000])
-def test_markers_split_the_counts_exactly_inside_one_block(cache, n):
+def test_markers_split_the_counts_exactly_inside_one_block(arm_cache, n):
     """The loop body is one translated block with three markers in it; each marker counts in the
     region it ends."""
-    src = cache / "marked.S"
+    src = arm_cache / "marked.S"
     src.write_text(MARKED_LOOP_S)
-    binary = tc.cross_compile(src, flags=["-nostdlib", "-static", f"-DN={n}"], cache_dir=cache)
-    run = tc.run_counted(binary, cache_dir=cache)
+    binary = tc.cross_compile(src, flags=["-nostdlib", "-static", f"-DN={n}"], cache_dir=arm_cache)
+    run = tc.run_counted(binary, cache_dir=arm_cache)
     assert run.total == 8 * n + 4 and run.marks == (2 * n, n)
     assert [row["total"] for row in run.layers] == [3 * n, 2 * n]
     assert run.layers[0]["scalar_alu"] == 2 * n and run.layers[0]["branch_sys"] == n
     assert run.other["total"] == 3 * n + 4
-    assert tc.run_counted(binary, cache_dir=cache) == run
+    assert tc.run_counted(binary, cache_dir=arm_cache) == run
 
 
 # ---- exported models -----------------------------------------------------------------------------
@@ -155,11 +147,11 @@ EXPORTED = {
 
 
 @pytest.mark.parametrize("case", list(EXPORTED))
-def test_exported_models_run_bit_exact(cache, case):
+def test_exported_models_run_bit_exact(arm_cache, case):
     make, size, act_quantizer, bits = EXPORTED[case]
     imodel = exported(make(), size, seed=sorted(EXPORTED).index(case), act_quantizer=act_quantizer, bits=bits)
     x = np.random.default_rng(0).integers(0, 256, (3, 1, size, size))
-    run = check_run(imodel, x, cache)
+    run = check_run(imodel, x, arm_cache)
     used = {KERNELS[row["kernel"]] for row in run.per_op()}
     assert lay.CONV_DIRECT in used and lay.CONV_IM2COL in used
     if case.startswith("resnet"):
@@ -321,10 +313,10 @@ def random_chain(seed: int) -> IntegerModel:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_random_chains_run_bit_exact(cache, seed):
+def test_random_chains_run_bit_exact(arm_cache, seed):
     imodel = random_chain(seed)
     x = np.random.default_rng(seed).integers(0, 256, (2,) + imodel.input_info.shape)
-    check_run(imodel, x, cache)
+    check_run(imodel, x, arm_cache)
 
 
 def test_random_chains_cover_every_kernel_and_both_requant_paths():
@@ -369,7 +361,7 @@ def test_sdot_packing_keeps_every_weight_at_its_bit_width(bits):
 # ---- the target ----------------------------------------------------------------------------------
 
 
-def test_deploy_is_bit_exact_with_per_layer_counts_that_add_up_and_repeat(cache, mpqbench_registry, tmp_path):
+def test_deploy_is_bit_exact_with_per_layer_counts_that_add_up_and_repeat(arm_cache, mpqbench_registry, tmp_path):
     imodel = exported(ResNetCifar(8, ImageShape(1, 8, 10)), 8, seed=3, bits=4)
     x = np.random.default_rng(1).integers(0, 256, (4, 1, 8, 8))
     reference = executor.run(imodel, x, keep=True)
@@ -403,7 +395,7 @@ def test_missing_toolchain_makes_the_target_unavailable_in_one_line(monkeypatch,
     assert section == {"status": "unavailable", "reason": reason, "params": dict(ArmQemu.params)}
 
 
-def test_optional_cycle_estimate_is_labelled_modelled(cache, mpqbench_registry, tmp_path):
+def test_optional_cycle_estimate_is_labelled_modelled(arm_cache, mpqbench_registry, tmp_path):
     if shutil.which(tc.MCA) is None:
         pytest.skip(f"{tc.MCA} not installed")
     imodel = exported(ResNetCifar(8, ImageShape(1, 8, 10)), 8, seed=4, bits=8)
