@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list the loaded plugins and what they provide")
 
-    policy = sub.add_parser("policy", help="per-layer bits of a run")
-    policy.add_argument("run_id")
+    policy = sub.add_parser("policy", help="per-layer bits of runs, side by side")
+    policy.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="run ids or unique prefixes")
     policy.add_argument("--out", default="results")
 
     verify = sub.add_parser("verify", help="check targets against the reference executor on a stored run")
@@ -148,17 +148,28 @@ def _record(out: str, run_id: str) -> dict:
 
 
 def cmd_policy(args, registry) -> int:
+    """One row per layer (weights, MACs), one ``W/A`` column per run; each run is described above."""
     from tabulate import tabulate
 
-    record = _record(args.out, args.run_id)
-    if "policy" not in record:
-        raise UserError(f"run {record['id']} has no policy ({record['status']}: {record.get('error')})")
-    layers = record.get("layers", {})
-    rows = [(name, *layers.get(name, ("", "")), w, a) for name, (w, a) in record["policy"].items()]
-    print(f"{record['label']}  {record['spec']['model']}/{record['spec']['dataset']}  "
-          f"budget {record['spec']['budget']}  seed {record['spec']['seed']}  run {record['id']}")
-    print(tabulate(rows, headers=["layer", "params", "MACs", "W bits", "A bits"]))
+    records = [_record(args.out, run_id) for run_id in args.run_ids]
+    for record in records:
+        if "policy" not in record:
+            raise UserError(f"run {record['id']} has no policy ({record['status']}: {record.get('error')})")
+    layers = records[0].get("layers", {})
+    headers = ["layer", "params", "MACs"]
+    for i, record in enumerate(records, 1):
+        spec = record["spec"]
+        print(f"[{i}] {record['label']}  {spec['model']}/{spec['dataset']}  budget {spec['budget']}  "
+              f"seed {spec['seed']}  run {record['id']}")
+        headers.append(f"[{i}] W/A")
+    rows = [(name, *layers.get(name, ("", "")), *(_bits(r["policy"].get(name)) for r in records))
+            for name in records[0]["policy"]]
+    print(tabulate(rows, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1)))
     return 0
+
+
+def _bits(pair) -> str:
+    return f"{pair[0]}/{pair[1]}" if pair else "-"
 
 
 def cmd_verify(args, registry) -> int:

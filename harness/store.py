@@ -37,7 +37,7 @@ class RunStore:
         return bool(record and record.get("status") == "done")
 
     def write(self, record: dict) -> None:
-        write_atomic(self.path(record["id"]), json.dumps(record, indent=1, sort_keys=True, default=_jsonable).encode())
+        write_atomic(self.path(record["id"]), json.dumps(record, indent=1, default=_jsonable).encode())
 
     def records(self) -> Iterator[dict]:
         for path in sorted((self.root / "runs").glob("*.json")):

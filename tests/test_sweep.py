@@ -115,8 +115,9 @@ qat_epochs = 1
     assert written.returncode == 0 and (tmp_path / "board" / "leaderboard.json").exists()
     rows = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
     assert {r["seeds"] for r in rows} == {2}
-    policy = run_cli("policy", budgeted[0]["id"][:8], "--out", str(out))
-    assert policy.returncode == 0 and "conv2" in policy.stdout and "W bits" in policy.stdout
+    policy = run_cli("policy", budgeted[0]["id"][:8], budgeted[1]["id"], "--out", str(out))
+    assert policy.returncode == 0 and "[2] W/A" in policy.stdout
+    assert any(line.startswith("conv2") and line.split()[-2:] == ["3/3", "3/3"] for line in policy.stdout.splitlines())
 
 
 def test_targets_get_columns_and_verify_catches_a_wrong_one(plugin_path, tmp_path):
