@@ -8,7 +8,7 @@ labels rows with every parameter that differs from its default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
@@ -88,4 +88,3 @@ class DatasetEntry:
     name: str
     load: Callable[..., "DataSplits"]
     description: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)

@@ -132,9 +132,18 @@ def cmd_leaderboard(args, registry) -> int:
 def cmd_plugins(args, registry) -> int:
     from tabulate import tabulate
 
+    from mpqbench.params import describe
+
     rows = [(p.name, p.distribution, p.version, p.module, "; ".join(p.provides) or "-", p.error or "")
             for p in registry.plugins]
     print(tabulate(rows, headers=["plugin", "distribution", "version", "module", "provides", "error"]))
+    rows = [(kind, name, obj.description, describe(getattr(obj, "params", {})))
+            for kind, table in (("method", registry.methods), ("target", registry.targets),
+                                ("model", registry.models), ("dataset", registry.datasets))
+            for name, obj in sorted(table.items())]
+    print()
+    print(tabulate(rows, headers=["kind", "name", "description", "parameters (defaults)"],
+                   maxcolwidths=[None, None, 60, 50]))
     return 0
 
 

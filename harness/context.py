@@ -13,7 +13,7 @@ import pluggy
 import torch
 from torch import nn
 
-from mpqbench.api import Method, ModelEntry
+from mpqbench.api import Method
 from mpqbench.budget import Budget
 from mpqbench.cost import CostModel
 from mpqbench.data.splits import DataSplits
@@ -39,7 +39,6 @@ class RunContext:
     spec: Any
     method: Method
     params: dict[str, Any]
-    model_entry: ModelEntry
     data: DataSplits
     recipe: Recipe
     seed: int

@@ -108,6 +108,3 @@ class CostModel:
     def unit_params(self) -> dict[str, int]:
         """Weights per unit (layers sharing weight bits summed), keyed by unit name."""
         return {self.layout.unit_name(g): sum(self.layers[n].params for n in g) for g in self.layout.weight_groups}
-
-    def unit_macs(self) -> dict[str, int]:
-        return {self.layout.unit_name(g): sum(self.layers[n].macs for n in g) for g in self.layout.weight_groups}

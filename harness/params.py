@@ -89,6 +89,11 @@ def label(name: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
     return f"{name}({','.join(changed)})" if changed else name
 
 
+def describe(declared: Mapping[str, Any]) -> str:
+    """``beta=10, bn=eval|train``: declared parameters with their defaults (a choice lists its values)."""
+    return ", ".join(f"{k}={'|'.join(v) if isinstance(v, Choice) else _fmt(v)}" for k, v in declared.items())
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, tuple):
         return "/".join(str(v) for v in value)

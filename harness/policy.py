@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterator
 
-from mpqbench.errors import UserError
 from mpqbench.quant.quantizers import FLOAT_BITS
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -95,10 +94,3 @@ class BitPolicy(Mapping[str, LayerBits]):
             if (self._bits[layer].w, self._bits[layer].a) != (w, a):
                 raise ValueError(f"layer {layer} must stay at W{w}A{a}")
 
-
-def parse_policy_file(path: str) -> BitPolicy:
-    try:
-        with open(path) as fh:
-            return BitPolicy.from_json(json.load(fh))
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UserError(f"cannot read policy file {path}: {exc}") from exc

@@ -67,7 +67,7 @@ def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str
     cost = CostModel.measure(fp32, layout, (data.shape.channels, data.shape.size, data.shape.size))
     fixed = fixed_layers(layout, spec.first_last_bits)
     budget = spec.budget.resolve(cost, fixed) if spec.budget else None
-    run = RunContext(spec=spec, method=method, params=spec.method.kwargs, model_entry=entry, data=data,
+    run = RunContext(spec=spec, method=method, params=spec.method.kwargs, data=data,
                      recipe=spec.recipe, seed=spec.seed, budget=budget, fixed=fixed, fp32=fp32, layout=layout,
                      cost=cost, hook=registry.pm.hook, cache=cache, phases=phases, device=device)
     run.extra["fp32_checkpoint"] = meta

@@ -32,10 +32,6 @@ class RunStore:
         except FileNotFoundError:
             return None
 
-    def is_done(self, run_id: str) -> bool:
-        record = self.load(run_id)
-        return bool(record and record.get("status") == "done")
-
     def write(self, record: dict) -> None:
         write_atomic(self.path(record["id"]), json.dumps(record, indent=1, default=_jsonable).encode())
 

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, int_range
+from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, Quantizer, int_range, round_ste
 
 
 @pytest.mark.parametrize("bits,signed,expected", [(2, True, (-2, 1)), (4, False, (0, 15)), (8, True, (-128, 127))])
@@ -84,3 +85,43 @@ def test_fixed_input_quantizer_keeps_raw_pixels():
     q = AffineQuantizer(8, fixed_range=(0.0, 1.0))
     pixels = torch.arange(256).float()
     assert torch.equal(q.integers(pixels / 255), pixels.long())
+
+
+class FixedStep(Quantizer):
+    """A method's own quantizer, built from the core's pieces (round_ste, the Quantizer base)."""
+
+    def __init__(self, bits: int, step: float):
+        super().__init__(bits, signed=True)
+        self.step = step
+
+    def _fake(self, x):
+        return round_ste(x / self.step).clamp(self.qmin, self.qmax) * self.step
+
+    def scale(self):
+        return torch.tensor([self.step])
+
+
+def test_a_method_supplies_its_own_quantizers():
+    from mpqbench.api import ImageShape
+    from mpqbench.integer.export import export
+    from mpqbench.models.small_cnn import small_cnn, small_cnn_layout
+    from mpqbench.policy import BitPolicy
+    from mpqbench.quant.model import QuantModel
+
+    model = small_cnn(ImageShape(1, 8, 10))
+    layout = small_cnn_layout(model)
+    q = QuantModel(model, layout, BitPolicy.uniform(layout, 4, 4))
+    q.set_weight_quantizer("conv2", FixedStep(3, 0.05))
+    point = q.input_point("conv3")
+    q.set_act_quantizer(point, FixedStep(4, 0.1))
+    seen = {}
+    q.points()[point].register_forward_hook(lambda m, i, o: seen.update(act=o.detach()))
+    q(torch.rand(4, 1, 8, 8)).sum().backward()
+    layer = q.layers()["conv2"]
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0  # STE reaches the weights
+    codes = seen["act"] / 0.1
+    assert torch.allclose(codes, codes.round(), atol=1e-5) and codes.abs().max() <= 8
+    imodel = export(q.eval(), (1, 8, 8))
+    op = next(o for o in imodel.ops if o.name == "conv2")
+    assert op.attrs["w_bits"] == 3 and imodel.tensors[point].bits == 4
+    assert np.array_equal(imodel.weight(op), FixedStep(3, 0.05).integers(layer.weight.detach()).numpy())

@@ -39,18 +39,8 @@ class QuantLayout:
     last: str
     features: dict[str, FeatureSpec] = field(default_factory=dict, compare=False)
 
-    @property
-    def units(self) -> tuple[tuple[str, ...], ...]:
-        return self.weight_groups
-
     def unit_name(self, group: tuple[str, ...]) -> str:
         return group[0]
-
-    def group_of(self, layer: str) -> tuple[str, ...]:
-        for g in self.weight_groups:
-            if layer in g:
-                return g
-        raise KeyError(layer)
 
     def act_group_of(self, layer: str) -> tuple[str, ...]:
         for g in self.act_groups:
