@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="tables from the run records")
     board.add_argument("--out", default="results", help="results folder holding runs/")
     board.add_argument("--format", choices=["md", "csv", "json"], default="md")
-    board.add_argument("--write", metavar="DIR", help="write leaderboard.{md,csv,json} into DIR")
+    board.add_argument("--write", metavar="DIR", help="write leaderboard.{md,csv,json,png} into DIR")
 
     sub.add_parser("plugins", help="list the loaded plugins and what they provide")
 

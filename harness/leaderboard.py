@@ -124,10 +124,38 @@ def markdown(df: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
+def plot(df: pd.DataFrame, path: Path, x: str = "size_mb") -> None:
+    """Top-1 (mean +- std over seeds) against ``x`` (size_mb or bitops_g), one panel per model and data
+    set, one series per method: the accuracy/cost trade-off the table spreads over rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    done = df[df["seeds"] > 0]
+    panels = list(done.groupby(["model", "dataset"], sort=False))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 4.5), squeeze=False)
+    for ax, ((model, dataset), group) in zip(axes[0], panels):
+        for method, rows in group.groupby("method", sort=False):
+            rows = rows.sort_values(x)
+            ax.errorbar(rows[x], rows["top1"], yerr=rows["top1_std"].fillna(0), marker="o", capsize=3,
+                        linestyle="-" if len(rows) > 1 else "none", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel({"size_mb": "weight size (MB, log scale)", "bitops_g": "BitOPs (G, log scale)"}[x])
+        ax.set_ylabel("top-1 % (fake-quant)")
+        ax.set_title(f"{model} / {dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
     paths[0].write_text(markdown(df) + "\n")
     df.to_csv(paths[1], index=False)
     df.to_json(paths[2], orient="records", indent=1)
+    plot(df, paths[3])
     return paths
