@@ -22,6 +22,7 @@ from mpqbench.errors import UserError
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.fixedpoint import ExportError
+from mpqbench.integer.model import IntegerModel
 from mpqbench.meter import measure
 from mpqbench.params import resolve_defaults
 from mpqbench.policy import BitPolicy
@@ -151,22 +152,26 @@ def _search_and_train(run: RunContext, record: dict, store: RunStore) -> None:
     metrics["drop"] = metrics["fp32_top1"] - metrics["top1"]
     record["metrics"] = metrics
     record["phases"] = run.phases
-    record["extra"] = {k: v for k, v in run.extra.items()}
+    record["extra"] = dict(run.extra)
 
 
 def deploy_missing(record: dict, registry: Registry, store: RunStore, targets: list[Component], cache: Path,
                    data_root: str | None, images: int, write: bool = True) -> None:
-    """Deploy the run's stored IntegerModel on every requested target it has no current report for (a
-    target whose plugin changed is redeployed). Target failures are recorded in the target's section."""
+    """Deploy the run's stored IntegerModel on every requested target that has no finished report from
+    the current plugin with the same parameters (so a target that was unavailable or failed is retried,
+    and one whose code changed is redeployed). Target failures are recorded in the target's section."""
     if not targets or "int_top1" not in record.get("metrics", {}):
         return
     sections = record.setdefault("targets", {})
-    todo = [t for t in targets if sections.get(t.name, {}).get("plugin") != fingerprint(registry.target(t.name))
-            or sections[t.name].get("params") != t.kwargs]
+
+    def current(t: Component) -> bool:
+        section = sections.get(t.name, {})
+        return (section.get("status") == "done" and section.get("params") == t.kwargs
+                and section.get("plugin") == fingerprint(registry.target(t.name)))
+
+    todo = [t for t in targets if not current(t)]
     if not todo:
         return
-    from mpqbench.integer.model import IntegerModel
-
     imodel = IntegerModel.load(store.artifact(record["id"], "integer_model.npz"))
     spec_data = _dataset(registry, record["spec"]["dataset"], data_root, cache)
     inputs = spec_data.test.x[:images].numpy()

@@ -124,6 +124,9 @@ qat_epochs = 1
 def test_targets_get_columns_and_verify_catches_a_wrong_one(plugin_path, tmp_path):
     out = tmp_path / "res"
     env = _env(plugin_path)
+    off = run_cli("run", "--methods", "example-half", "--targets", "example-exact", "--out", str(out), *TINY,
+                  env={**env, "EXAMPLE_OFF": "1"})
+    assert off.returncode == 0 and "unavailable" in off.stdout  # recorded, and the sweep goes on
     result = run_cli("run", "--methods", "example-half", "--targets", "example-exact", "--out", str(out), *TINY,
                      env=env)
     assert result.returncode == 0, result.stderr

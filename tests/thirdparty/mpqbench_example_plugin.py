@@ -2,8 +2,8 @@
 
 ``example-half`` gives every searched layer 4 bits; ``example-broken`` raises in its search;
 ``example-sleepy`` blocks forever on seed 2 while ``$EXAMPLE_BLOCK`` is set (to test kill -9 resumes).
-Targets: ``example-exact`` is the reference executor itself; ``example-wrong`` changes one value of the
-first conv's output, which must be caught as not bit-exact.
+Targets: ``example-exact`` is the reference executor itself (unavailable while ``$EXAMPLE_OFF`` is set);
+``example-wrong`` changes one value of the first conv's output, which must be caught as not bit-exact.
 """
 
 import os
@@ -56,6 +56,9 @@ class Exact(Target):
     name = "example-exact"
     version = "0.1"
     headline = ("images",)
+
+    def unavailable(self):
+        return "example-exact: switched off by $EXAMPLE_OFF" if os.environ.get("EXAMPLE_OFF") else None
 
     def deploy(self, run, imodel, inputs):
         logits, layers = executor.run(imodel, inputs, keep=True)
