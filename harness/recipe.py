@@ -15,7 +15,9 @@ class Recipe:
     """SGD with momentum and a per-step cosine schedule, for FP32 training and for LSQ fine-tuning.
 
     Weight decay applies to conv/linear weights only (not to BN, biases or quantizer steps). Subsets cut
-    the training/test splits for quick runs and are part of the run's identity.
+    the training/test splits for quick runs and are part of the run's identity. ``fp32_seed`` fixes the
+    FP32 starting point across run seeds (as papers fine-tune one pretrained model), so seeds then vary
+    only the search sampling and the fine-tune; ``None`` trains one FP32 model per run seed.
     """
 
     name: str = "full"
@@ -30,9 +32,18 @@ class Recipe:
     act_quantizer: str = "lsq"
     train_subset: int | None = None
     test_subset: int | None = None
+    fp32_seed: int | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The recipe as recorded; an unset ``fp32_seed`` is left out so earlier run ids stay valid."""
+        data = asdict(self)
+        if data["fp32_seed"] is None:
+            del data["fp32_seed"]
+        return data
+
+    def fp32_seed_for(self, seed: int) -> int:
+        """The seed of the FP32 checkpoint a run with ``seed`` starts from."""
+        return seed if self.fp32_seed is None else self.fp32_seed
 
     def fp32_key(self) -> dict:
         return {k: getattr(self, k) for k in FP32_FIELDS}

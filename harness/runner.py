@@ -63,7 +63,8 @@ def build_context(spec: RunSpec, registry: Registry, cache: Path, data_root: str
     data = load_data(registry, spec, data_root, cache)
     phases: dict = {}
     with measure(phases, "fp32"):
-        fp32, meta = fp32_checkpoint(entry, data, spec.recipe, spec.seed, cache, device)
+        fp32, meta = fp32_checkpoint(entry, data, spec.recipe, spec.recipe.fp32_seed_for(spec.seed), cache,
+                                     device)
     layout = entry.layout(fp32)
     cost = CostModel.measure(fp32, layout, (data.shape.channels, data.shape.size, data.shape.size))
     fixed = fixed_layers(layout, spec.first_last_bits)

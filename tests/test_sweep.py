@@ -101,11 +101,14 @@ jobs = 2
 out = "{out}"
 [recipe_overrides]
 qat_epochs = 1
+fp32_seed = 0
 """)
     result = run_cli("run", "--config", str(config), "--no-progress")
     assert result.returncode == 0, result.stderr
     records = list(_records(out).values())
     assert len(records) == 4 and all(r["status"] == "done" for r in records)
+    assert {r["spec"]["seed"] for r in records} == {0, 1}
+    assert {r["extra"]["fp32_checkpoint"]["seed"] for r in records} == {0}  # one FP32 start for both seeds
     budgeted = [r for r in records if r["spec"]["budget"]]
     assert all(r["budget"]["met"] and r["policy"]["conv2"][0] == 3 for r in budgeted)
     csv = run_cli("leaderboard", "--out", str(out), "--format", "csv").stdout
