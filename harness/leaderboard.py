@@ -1,6 +1,6 @@
 """Leaderboard tables from run records (pandas + tabulate): Markdown, CSV and JSON.
 
-One row per (method with its parameters, model, data set, budget); numbers are mean +- std over the
+One row per (method with its parameters, model, data set, recipe, budget); numbers are mean +- std over the
 seeds that finished, with the seed count; failed runs are counted and their first error shown.
 """
 
@@ -12,7 +12,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-KEYS = ["method", "model", "dataset", "budget"]
+from mpqbench.recipe import recipe_label
+
+KEYS = ["method", "model", "dataset", "recipe", "budget"]
 METRICS = [  # record metric -> column title
     ("top1", "top-1 %"),
     ("int_top1", "int top-1 %"),
@@ -31,8 +33,8 @@ def flatten(record: dict) -> dict:
     """One record as a flat row of numbers (NaN where a run has no such figure)."""
     spec = record["spec"]
     row = {"method": record["label"], "model": spec["model"], "dataset": spec["dataset"],
-           "budget": spec["budget"] or "-", "seed": spec["seed"], "status": record["status"],
-           "error": record.get("error"), "id": record["id"]}
+           "recipe": recipe_label(spec["recipe"]), "budget": spec["budget"] or "-", "seed": spec["seed"],
+           "status": record["status"], "error": record.get("error"), "id": record["id"]}
     metrics = record.get("metrics", {})
     phases = record.get("phases", {})
     row.update({k: metrics.get(k, np.nan) for k, _ in METRICS if not k.endswith("_s")})
@@ -60,8 +62,8 @@ def table(records: Iterable[dict]) -> pd.DataFrame:
     for r in rows:
         units.update(r.pop("_units", {}))
     df = pd.DataFrame(rows)
-    df["_order"] = [(r["dataset"], r["model"], "" if r["budget"] == "-" else r["budget"], r["method"] != "fp32",
-                     r["method"]) for r in rows]
+    df["_order"] = [(r["dataset"], r["model"], r["recipe"], "" if r["budget"] == "-" else r["budget"],
+                     r["method"] != "fp32", r["method"]) for r in rows]
     df = df.sort_values("_order", kind="stable").drop(columns="_order")
     target_cols = sorted(c for c in df.columns if ":" in c and not c.endswith((":status", ":bit_exact")))
     out = []
@@ -136,10 +138,12 @@ def plot(df: pd.DataFrame, path: Path, x: str = "size_mb") -> None:
     panels = list(done.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 4.5), squeeze=False)
     for ax, ((model, dataset), group) in zip(axes[0], panels):
-        for method, rows in group.groupby("method", sort=False):
+        several = group["recipe"].nunique() > 1
+        for (method, recipe), rows in group.groupby(["method", "recipe"], sort=False):
             rows = rows.sort_values(x)
             ax.errorbar(rows[x], rows["top1"], yerr=rows["top1_std"].fillna(0), marker="o", capsize=3,
-                        linestyle="-" if len(rows) > 1 else "none", label=method)
+                        linestyle="-" if len(rows) > 1 else "none",
+                        label=f"{method} [{recipe}]" if several else method)
         ax.set_xscale("log")
         ax.set_xlabel({"size_mb": "weight size (MB, log scale)", "bitops_g": "BitOPs (G, log scale)"}[x])
         ax.set_ylabel("top-1 % (fake-quant)")

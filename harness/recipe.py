@@ -79,6 +79,13 @@ RECIPES = {
 }
 
 
+def recipe_label(recorded: dict) -> str:
+    """A recorded recipe as its name plus the fields overridden, e.g. ``full qat_epochs=2``."""
+    base = RECIPES[recorded["name"]].to_json() if recorded["name"] in RECIPES else {}
+    changed = [f"{k}={v}" for k, v in recorded.items() if k != "name" and base.get(k) != v]
+    return " ".join([recorded["name"], *changed])
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise UserError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")

@@ -112,8 +112,9 @@ fp32_seed = 0
     budgeted = [r for r in records if r["spec"]["budget"]]
     assert all(r["budget"]["met"] and r["policy"]["conv2"][0] == 3 for r in budgeted)
     csv = run_cli("leaderboard", "--out", str(out), "--format", "csv").stdout
-    assert csv.splitlines()[0].startswith("method,model,dataset,budget,seeds")
+    assert csv.splitlines()[0].startswith("method,model,dataset,recipe,budget,seeds")
     assert len(csv.strip().splitlines()) == 3  # header + one row per (method, budget), seeds aggregated
+    assert ",tiny fp32_seed=0," in csv  # the recipe column names what was overridden
     written = run_cli("leaderboard", "--out", str(out), "--write", str(tmp_path / "board"))
     assert written.returncode == 0 and (tmp_path / "board" / "leaderboard.json").exists()
     assert (tmp_path / "board" / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
