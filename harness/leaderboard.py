@@ -126,6 +126,9 @@ def markdown(df: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
+MARKERS = "osD^v<>pP*hX"
+
+
 def plot(df: pd.DataFrame, path: Path, x: str = "size_mb") -> None:
     """Top-1 (mean +- std over seeds) against ``x`` (size_mb or bitops_g), one panel per model and data
     set, one series per method: the accuracy/cost trade-off the table spreads over rows."""
@@ -136,20 +139,21 @@ def plot(df: pd.DataFrame, path: Path, x: str = "size_mb") -> None:
 
     done = df[df["seeds"] > 0]
     panels = list(done.groupby(["model", "dataset"], sort=False))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(10 * max(len(panels), 1), 4.5), squeeze=False)
     for ax, ((model, dataset), group) in zip(axes[0], panels):
         several = group["recipe"].nunique() > 1
-        for (method, recipe), rows in group.groupby(["method", "recipe"], sort=False):
+        series = list(group.groupby(["method", "recipe"], sort=False))
+        for i, ((method, recipe), rows) in enumerate(series):  # colour and marker both vary: many series
             rows = rows.sort_values(x)
-            ax.errorbar(rows[x], rows["top1"], yerr=rows["top1_std"].fillna(0), marker="o", capsize=3,
-                        linestyle="-" if len(rows) > 1 else "none",
+            ax.errorbar(rows[x], rows["top1"], yerr=rows["top1_std"].fillna(0), marker=MARKERS[i % len(MARKERS)],
+                        color=plt.get_cmap("tab20")(i % 20), capsize=3, linestyle="-" if len(rows) > 1 else "none",
                         label=f"{method} [{recipe}]" if several else method)
         ax.set_xscale("log")
         ax.set_xlabel({"size_mb": "weight size (MB, log scale)", "bitops_g": "BitOPs (G, log scale)"}[x])
         ax.set_ylabel("top-1 % (fake-quant)")
         ax.set_title(f"{model} / {dataset}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
