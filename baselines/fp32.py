@@ -2,7 +2,7 @@
 
 from mpqbench import hookimpl
 from mpqbench.api import Method
-from mpqbench.policy import BitPolicy
+from mpqbench.quant.policy import BitPolicy
 from mpqbench.quant.quantizers import FLOAT_BITS
 
 

@@ -8,7 +8,7 @@ First/last layers follow the run's setting (8 bits by default).
 from mpqbench import hookimpl
 from mpqbench.api import Method
 from mpqbench.errors import UserError
-from mpqbench.policy import MAX_BITS, MIN_BITS, BitPolicy
+from mpqbench.quant.policy import MAX_BITS, MIN_BITS, BitPolicy
 
 
 class Uniform(Method):
@@ -20,11 +20,17 @@ class Uniform(Method):
     def uses_budget(self, params) -> bool:
         return params["w"] is None
 
+    def check(self, params) -> None:
+        for key in ("w", "a"):
+            bits = params[key]
+            if bits is not None and (not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS):
+                raise UserError(f"uniform: {key}={bits} is not a bitwidth in [{MIN_BITS}, {MAX_BITS}]")
+
+    def smallest_policy(self, params, layout, fixed):
+        return BitPolicy.uniform(layout, MIN_BITS, params["a"] or MIN_BITS, fixed)
+
     def search(self, run):
         w, a = run.params["w"], run.params["a"]
-        for bits in (w, a):
-            if bits is not None and not MIN_BITS <= bits <= MAX_BITS:
-                raise UserError(f"uniform: bitwidth {bits} outside [{MIN_BITS}, {MAX_BITS}]")
         if w is not None:
             return BitPolicy.uniform(run.layout, w, a or w, run.fixed)
         for bits in range(MAX_BITS, MIN_BITS - 1, -1):

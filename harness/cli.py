@@ -1,123 +1,188 @@
-"""The ``mpqbench`` command line."""
+"""The ``mpqbench`` command line.
+
+User mistakes end in one line on stderr (``mpqbench: error: ...``) and exit status 2, never a traceback;
+a sweep with failed cells exits 1 after finishing every other cell; Ctrl-C exits 130, keeping every
+finished record. Commands that read results (``leaderboard``, ``policy``, ``verify``) never change them
+(``verify --update`` is the one explicit exception).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 from mpqbench import __version__
-from mpqbench.config import SweepConfig
 from mpqbench.errors import UserError
-from mpqbench.paths import cache_dir
 
 log = logging.getLogger("mpqbench")
+CONSOLE = Console(stderr=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers: {text!r}") from None
+def _common() -> argparse.ArgumentParser:
+    """Flags every subcommand accepts, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress of each phase")
+    common.add_argument("--disable", type=_csv, default=argparse.SUPPRESS, metavar="PLUGINS",
+                        help="entry-point plugins not to load (also $MPQBENCH_DISABLE)")
+    return common
+
+
+def _results(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", "--out", dest="results", default="results", metavar="DIR",
+                        help="results folder holding runs/ (--out is the same, as `run` spells it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpqbench", description=__doc__)
+    common = _common()
+    parser = _Parser(prog="mpqbench", description=__doc__, parents=[common],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mpqbench {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of each phase")
-    parser.add_argument("--disable", type=_csv, default=[], metavar="PLUGINS",
-                        help="entry-point plugins not to load (also $MPQBENCH_DISABLE)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a grid of methods x models x data sets x budgets x seeds")
-    run.add_argument("--config", help="TOML file with the same keys as these flags (flags win)")
+    run = sub.add_parser("run", parents=[common], help="run a grid of methods x models x data sets x budgets x seeds")
+    run.add_argument("--config", help="TOML file with the same keys as these flags (flags win); see examples/")
     run.add_argument("--methods", type=_csv, help="e.g. fp32,uniform:w=4,ompq:beta=1 (name:key=value...)")
     run.add_argument("--targets", type=_csv, help="hardware targets, e.g. arm-qemu")
     run.add_argument("--models", type=_csv)
     run.add_argument("--datasets", type=_csv)
-    run.add_argument("--budgets", help="e.g. size_mb=w4,w3 or avg_bits=3.5 or bitops_g=0.5")
-    run.add_argument("--seeds", type=_seeds)
+    run.add_argument("--budgets", type=_csv, help="e.g. size_mb=w4,w3 or avg_bits=3.5 or bitops_g=0.5")
+    run.add_argument("--seeds", type=_csv, help="e.g. 0,1,2")
     run.add_argument("--recipe", help="full (default), quick or tiny")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a recipe field, e.g. --set qat_epochs=3")
     run.add_argument("--first-last", help="8 (default: first/last layers at W8A8) or search")
-    run.add_argument("--out", help="results folder (default results)")
-    run.add_argument("--jobs", type=int, help="cells to run in parallel processes")
+    run.add_argument("--out", help="results folder to write (default results)")
+    run.add_argument("--jobs", help="cells to run in parallel (default 1)")
+    run.add_argument("--executor", help="local (default with --jobs 1), process (default with --jobs > 1), "
+                                        "or one a plugin registers")
     run.add_argument("--data-root", help="folder with the data set's files (CIFAR-10, Fashion-MNIST)")
-    run.add_argument("--deploy-images", type=int, help="test images each target runs (default 256)")
+    run.add_argument("--deploy-images", help="test images each target runs (default 256)")
     run.add_argument("--device", help="auto (default: the GPU if there is one), cpu or cuda")
+    run.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
+    run.add_argument("--keep-going", action="store_true", default=None,
+                     help="record cells refused before running (e.g. an unreachable budget) as failed and run the rest")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the expanded grid (to run, done, checkpoints to train) and exit")
     run.add_argument("--no-progress", action="store_true")
 
-    board = sub.add_parser("leaderboard", help="tables from the run records")
-    board.add_argument("--out", default="results", help="results folder holding runs/")
+    board = sub.add_parser("leaderboard", parents=[common], help="tables from the run records")
+    _results(board)
     board.add_argument("--format", choices=["md", "csv", "json"], default="md")
     board.add_argument("--write", metavar="DIR", help="write leaderboard.{md,csv,json,png} into DIR")
+    board.add_argument("--stale", action="store_true", help="show records of older method code as rows of their own")
 
-    sub.add_parser("plugins", help="list the loaded plugins and what they provide")
+    sub.add_parser("plugins", parents=[common], help="list the loaded plugins and what they provide")
 
-    policy = sub.add_parser("policy", help="per-layer bits of runs, side by side")
+    policy = sub.add_parser("policy", parents=[common], help="per-layer bits of runs, side by side")
     policy.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="run ids or unique prefixes")
-    policy.add_argument("--out", default="results")
+    _results(policy)
 
-    verify = sub.add_parser("verify", help="check targets against the reference executor on a stored run")
+    verify = sub.add_parser("verify", parents=[common],
+                            help="check targets against the reference executor on a stored run (read-only)")
     verify.add_argument("run_id")
     verify.add_argument("--targets", type=_csv, required=True)
-    verify.add_argument("--out", default="results")
+    _results(verify)
     verify.add_argument("--images", type=int, default=256)
     verify.add_argument("--data-root")
+    verify.add_argument("--update", action="store_true", help="also write the new target results into the record")
 
-    bench = sub.add_parser("bench", help="benchmarks that print figures (speed, search cost)")
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures (speed, search cost)")
     bench.add_argument("name", help="see 'mpqbench bench list'")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-def _config(args) -> SweepConfig:
+def _config(args):
+    from mpqbench.pipeline.config import SweepConfig
+
     cfg = SweepConfig.from_toml(args.config) if args.config else SweepConfig()
-    for f in fields(SweepConfig):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name not in ("recipe_overrides", "params"):
-            setattr(cfg, f.name, [value] if f.name == "budgets" else value)
+    for key in ("methods", "targets", "models", "datasets", "budgets", "seeds", "recipe", "first_last", "out",
+                "executor", "data_root", "device", "retry_failed", "keep_going"):
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg.set(key, value)
+    for key in ("jobs", "deploy_images"):
+        value = getattr(args, key, None)
+        if value is not None:
+            try:
+                cfg.set(key, int(value))
+            except ValueError:
+                raise UserError(f"--{key.replace('_', '-')}: expected an integer >= 1, not {value!r}") from None
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set takes FIELD=VALUE, not {item!r}")
         cfg.recipe_overrides[key.strip()] = value.strip()
-    if cfg.jobs < 1:
-        raise UserError("--jobs must be at least 1")
     return cfg
 
 
 def cmd_run(args, registry) -> int:
-    from mpqbench import leaderboard
-    from mpqbench.store import RunStore
-    from mpqbench.sweep import sweep
+    from mpqbench.pipeline.driver import sweep
+    from mpqbench.pipeline.store import RunStore
+    from mpqbench.report import leaderboard
+    from mpqbench.system.paths import cache_dir
 
     cfg = _config(args)
-    summaries = sweep(cfg, registry, cache_dir(), set(args.disable), show_progress=not args.no_progress)
-    store = RunStore(cfg.out)
-    ids = {s["id"] for s in summaries}
-    print(leaderboard.markdown(leaderboard.table(r for r in store.records() if r["id"] in ids)))
-    failed = [s for s in summaries if s["status"] == "failed"]
-    for s in failed:
-        print(f"failed: {s['label']} ({s['id']}): {s['error']}", file=sys.stderr)
-    print(f"{len(summaries) - len(failed)} runs finished ({sum(s['status'] == 'cached' for s in summaries)} "
-          f"reused), {len(failed)} failed; records in {Path(cfg.out) / 'runs'}", file=sys.stderr)
+    outcomes = sweep(cfg, registry, cache_dir(), frozenset(getattr(args, "disable", ())), console=CONSOLE,
+                     show_progress=not args.no_progress, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    ids = {o.id for o in outcomes}
+    print(leaderboard.markdown(leaderboard.table(r for r in RunStore(cfg.out).records() if r.id in ids)))
+    failed = [o for o in outcomes if o.status in ("failed", "kept-failed")]
+    for o in failed:
+        kept = " (failed earlier; --retry-failed to run it again)" if o.status == "kept-failed" else ""
+        print(f"failed: {o.label} ({o.id}): {_line(o.error)}{kept}", file=sys.stderr)
+    problems: dict[tuple[str, str], int] = {}
+    for o in outcomes:
+        for target, text in o.targets.items():
+            problems[(target, text)] = problems.get((target, text), 0) + 1
+    for (target, text), n in problems.items():
+        print(f"{target} {_line(text)} ({n} run{'s' if n > 1 else ''}; full text in the records)", file=sys.stderr)
+    reused = sum(o.status == "cached" for o in outcomes)
+    print(f"{len(outcomes) - len(failed)} runs finished ({reused} reused), {len(failed)} failed; records in "
+          f"{Path(cfg.out) / 'runs'}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def cmd_leaderboard(args, registry) -> int:
-    from mpqbench import leaderboard
-    from mpqbench.store import RunStore
+def _line(text: str | None, limit: int = 200) -> str:
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first[:limit] + ("..." if len(first) > limit else "")
 
-    df = leaderboard.table(RunStore(args.out).records())
+
+def _store(folder: str):
+    from mpqbench.pipeline.store import RunStore
+
+    store = RunStore(folder)
+    store.check_readable()
+    return store
+
+
+def cmd_leaderboard(args, registry) -> int:
+    from mpqbench.report import leaderboard
+
+    df = leaderboard.table(_store(args.results).records(), stale=args.stale)
     if args.write:
+        if df.empty:
+            raise UserError(f"no finished or failed runs in {args.results}/runs: nothing to write")
         for path in leaderboard.write(df, Path(args.write)):
             print(f"wrote {path}", file=sys.stderr)
     elif args.format == "md":
@@ -132,47 +197,38 @@ def cmd_leaderboard(args, registry) -> int:
 def cmd_plugins(args, registry) -> int:
     from tabulate import tabulate
 
-    from mpqbench.params import describe
+    from mpqbench.plugin.params import describe
 
     rows = [(p.name, p.distribution, p.version, p.module, "; ".join(p.provides) or "-", p.error or "")
             for p in registry.plugins]
-    print(tabulate(rows, headers=["plugin", "distribution", "version", "module", "provides", "error"]))
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "module", "provides", "error"],
+                   maxcolwidths=[None, None, None, None, 50, 40]))
     rows = [(kind, name, obj.description, describe(getattr(obj, "params", {})))
-            for kind, table in (("method", registry.methods), ("target", registry.targets),
-                                ("model", registry.models), ("dataset", registry.datasets))
-            for name, obj in sorted(table.items())]
+            for kind, table in registry.tables.items() for name, obj in sorted(table.items())]
     print()
     print(tabulate(rows, headers=["kind", "name", "description", "parameters (defaults)"],
                    maxcolwidths=[None, None, 60, 50]))
     return 0
 
 
-def _record(out: str, run_id: str) -> dict:
-    from mpqbench.store import RunStore
-
-    record = RunStore(out).find(run_id)
-    if record is None:
-        raise UserError(f"no single run matches {run_id!r} in {out}/runs")
-    return record
-
-
 def cmd_policy(args, registry) -> int:
     """One row per layer (weights, MACs), one ``W/A`` column per run; each run is described above."""
     from tabulate import tabulate
 
-    records = [_record(args.out, run_id) for run_id in args.run_ids]
+    store = _store(args.results)
+    records = [store.find(run_id) for run_id in args.run_ids]
     for record in records:
-        if "policy" not in record:
-            raise UserError(f"run {record['id']} has no policy ({record['status']}: {record.get('error')})")
-    layers = records[0].get("layers", {})
+        if record.policy is None:
+            raise UserError(f"run {record.id} has no policy ({record.status}: {record.error})")
+    layers = records[0].layers
     headers = ["layer", "params", "MACs"]
     for i, record in enumerate(records, 1):
-        spec = record["spec"]
-        print(f"[{i}] {record['label']}  {spec['model']}/{spec['dataset']}  budget {spec['budget']}  "
-              f"seed {spec['seed']}  run {record['id']}")
+        spec = record.spec
+        print(f"[{i}] {record.label}  {spec['model']}/{spec['dataset']}  budget {spec['budget']}  "
+              f"seed {spec['seed']}  run {record.id}")
         headers.append(f"[{i}] W/A")
-    rows = [(name, *layers.get(name, ("", "")), *(_bits(r["policy"].get(name)) for r in records))
-            for name in records[0]["policy"]]
+    rows = [(name, *layers.get(name, ("", "")), *(_bits(r.policy.get(name)) for r in records))
+            for name in records[0].policy]
     print(tabulate(rows, headers=headers, colalign=("left",) + ("right",) * (len(headers) - 1)))
     return 0
 
@@ -182,39 +238,51 @@ def _bits(pair) -> str:
 
 
 def cmd_verify(args, registry) -> int:
-    from mpqbench.config import Component
-    from mpqbench.runner import deploy_missing
-    from mpqbench.store import RunStore
+    from mpqbench.pipeline.spec import Component
+    from mpqbench.pipeline.stages import redeploy
+    from mpqbench.system.paths import cache_dir
 
-    record = _record(args.out, args.run_id)
-    if "int_top1" not in record.get("metrics", {}):
-        raise UserError(f"run {record['id']} has no integer model to verify")
-    store = RunStore(args.out)
-    if not store.artifact(record["id"], "integer_model.npz").exists():
-        raise UserError(f"run {record['id']}: its integer model is not in {args.out}/artifacts (re-run it)")
+    store = _store(args.results)
+    record = store.find(args.run_id)
+    if "int_top1" not in record.metrics:
+        raise UserError(f"run {record.id} has no integer model to verify")
+    artifact = store.artifact(record.id, "integer_model.npz")
+    if not artifact.exists():
+        raise UserError(f"run {record.id}: its integer model is not in {args.results}/artifacts (re-run it)")
+    if args.images < 1:
+        raise UserError("--images must be at least 1")
     targets = [Component.parse(t, registry.target) for t in args.targets]
-    for t in targets:
-        record.get("targets", {}).pop(t.name, None)
-    deploy_missing(record, registry, store, targets, cache_dir(), args.data_root, args.images)
+    data = registry.dataset(record.spec["dataset"]).load(args.data_root, cache_dir() / "data")
+    try:
+        sections = redeploy(artifact.read_bytes(), data.test.x[:args.images].numpy(), registry, targets, record.id,
+                            cache_dir())
+    except ValueError as exc:
+        raise UserError(f"run {record.id}: {exc}") from None
     ok = True
-    for t in targets:
-        section = record["targets"][t.name]
+    for name, section in sections.items():
         if section["status"] != "done":
-            print(f"{t.name}: {section['status']}: {section.get('reason') or section.get('error')}")
+            print(f"{name}: {section['status']}: {_line(section.get('reason') or section.get('error'))}")
             ok = False
             continue
         check = section["check"]
         ok &= check["bit_exact"]
-        print(f"{t.name}: bit_exact={check['bit_exact']} max_abs_diff={check['max_abs_diff']} "
+        print(f"{name}: bit_exact={check['bit_exact']} max_abs_diff={check['max_abs_diff']} "
               f"mismatches={check['mismatches']} first_divergent_layer={check['first_divergent_layer']} "
               f"images={check['images']}")
+    if args.update:
+        record.targets.update(sections)
+        store.write(record)
+        print(f"updated {store.path(record.id)}", file=sys.stderr)
     return 0 if ok else 1
 
 
 def cmd_bench(args, registry) -> int:
-    from mpqbench.bench import run_benchmark
-
-    return run_benchmark(args.name, args.args, registry)
+    benchmarks = registry.tables["benchmark"]
+    if args.name == "list":
+        for name in sorted(benchmarks):
+            print(f"{name:20s} {benchmarks[name].description}")
+        return 0
+    return registry.get("benchmark", args.name).run(args.args, registry)
 
 
 COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plugins": cmd_plugins, "policy": cmd_policy,
@@ -223,12 +291,14 @@ COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plugins": cmd_plugi
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(name)s: %(message)s", force=True,
+                        handlers=[RichHandler(console=CONSOLE, show_time=False, show_path=False,
+                                              markup=False, rich_tracebacks=False)])
     try:
-        from mpqbench.registry import load_registry
+        from mpqbench.plugin.registry import load_registry
 
-        registry = load_registry(set(args.disable))
+        registry = load_registry(set(getattr(args, "disable", ())))
         return COMMANDS[args.command](args, registry)
     except UserError as exc:
         print(f"mpqbench: error: {exc}", file=sys.stderr)

@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class Unavailable(Exception):
     """A target or resource that cannot run on this machine; the sweep records it and goes on."""
+
+
+class WorkerDied(Exception):
+    """The process running a job died (killed by a signal, e.g. the out-of-memory killer)."""

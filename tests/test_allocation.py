@@ -5,10 +5,11 @@ import itertools
 import numpy as np
 import pytest
 
-from mpqbench.allocation import allocate, check_bits, searched_units, unit_policy
 from mpqbench.api import ImageShape
-from mpqbench.budget import Budget
-from mpqbench.cost import CostModel
+from mpqbench.cost.allocation import allocate, check_bits, searched_units, unit_policy
+from mpqbench.cost.budget import Budget
+from mpqbench.cost.kinds import BUILTIN
+from mpqbench.cost.model import CostModel
 from mpqbench.errors import UserError
 from mpqbench.models.resnets import resnet20, resnet_layout
 from mpqbench.models.small_cnn import small_cnn, small_cnn_layout
@@ -39,7 +40,7 @@ def r20():
 def _enumerate(layout, cost, kind, fixed, cands, act_bits):
     units = searched_units(layout, fixed)
     policies = [dict(zip(units, combo)) for combo in itertools.product(cands, repeat=len(units))]
-    measure = Budget(kind, 1.0).measure
+    measure = Budget(BUILTIN[kind], 1.0).measure
     return units, [(bits, measure(cost, unit_policy(layout, fixed, bits, act_bits))) for bits in policies]
 
 
@@ -48,7 +49,7 @@ def _check_against_brute_force(layout, cost, kind, fixed, cands, act_bits, trial
     units, table = _enumerate(layout, cost, kind, fixed, cands, act_bits)
     costs = np.array([c for _, c in table])
     for trial in range(trials):
-        budget = Budget(kind, float(np.quantile(costs, rng.uniform(0.05, 0.95))))
+        budget = Budget(BUILTIN[kind], float(np.quantile(costs, rng.uniform(0.05, 0.95))))
         scores = {u: {b: float(rng.normal()) for b in cands} for u in units}
         maximize = bool(trial % 2)
         result = allocate(layout, cost, budget, fixed, scores, cands, act_bits, maximize=maximize)
@@ -78,7 +79,7 @@ def test_bitops_budget_with_activations_following_weights_matches_brute_force(r2
 def test_policy_exactly_at_the_budget_is_accepted(cnn):
     layout, cost = cnn
     fixed = {layout.first: (8, 8), layout.last: (8, 8)}
-    budget = Budget("size_mb", uniform=(4, 4)).resolve(cost, fixed)
+    budget = Budget(BUILTIN["size_mb"], uniform=(4, 4)).resolve(cost, fixed)
     scores = {u: {4: 0.0, 8: 1.0} for u in searched_units(layout, fixed)}
     result = allocate(layout, cost, budget, fixed, scores, (4, 8), 8, maximize=True)
     assert result.bits == {"conv2": 4, "conv3": 4}
@@ -97,7 +98,7 @@ def test_activation_bits_follow_weights_and_share_the_max(r20):
 def test_unreachable_budget_is_a_user_error(cnn):
     layout, cost = cnn
     fixed = {layout.first: (8, 8), layout.last: (8, 8)}
-    budget = Budget("size_mb", uniform=(4, 4)).resolve(cost, fixed)
+    budget = Budget(BUILTIN["size_mb"], uniform=(4, 4)).resolve(cost, fixed)
     scores = {u: {8: 1.0} for u in searched_units(layout, fixed)}
     with pytest.raises(UserError, match="no policy"):
         allocate(layout, cost, budget, fixed, scores, (8,), 8, maximize=True)

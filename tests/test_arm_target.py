@@ -20,21 +20,22 @@ from test_integer import TinyMobile
 from torch import nn
 
 from mpqbench.api import ImageShape
-from mpqbench.deploy import DeployContext, deploy_target
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.fixedpoint import quantize_multipliers
 from mpqbench.integer.model import IntegerModel, Op, TensorInfo
 from mpqbench.integer.packing import pack
-from mpqbench.models.layout import make_layout
 from mpqbench.models.resnets import ResNetCifar
+from mpqbench.pipeline.deploy import DeployContext, deploy_target
 from mpqbench.plugins.arm_qemu import layout as lay
 from mpqbench.plugins.arm_qemu import toolchain as tc
 from mpqbench.plugins.arm_qemu.target import ArmQemu, RuntimeRun
-from mpqbench.policy import BitPolicy
-from mpqbench.quant.model import QuantModel
+from mpqbench.quant.layout import make_layout
+from mpqbench.quant.model import QuantModel, affine_activation, lsq_activation
+from mpqbench.quant.policy import BitPolicy
 
 KERNELS = {name: kernel for kernel, name in lay.KERNEL_NAMES.items()}
+ACT = {"lsq": lsq_activation, "affine": affine_activation}
 
 
 def check_run(imodel: IntegerModel, x: np.ndarray, arm_cache) -> RuntimeRun:
@@ -127,7 +128,7 @@ def exported(model: nn.Module, size: int, seed: int, act_quantizer: str = "lsq",
             m.bias.data = torch.randn(m.num_features, generator=gen) * 0.2
     layout = make_layout(model)
     policy = BitPolicy.uniform(layout, bits, bits, {layout.first: (8, 8)}) if bits else mixed_policy(layout, seed)
-    q = QuantModel(model, layout, policy, act_quantizer=act_quantizer).train()
+    q = QuantModel(model, layout, policy, act_quantizer=ACT[act_quantizer]).train()
     with torch.no_grad():
         for _ in range(4):
             q(torch.rand(32, 1, size, size, generator=gen))

@@ -25,7 +25,7 @@ TINY = ["--models", "small-cnn", "--datasets", "digits", "--recipe", "tiny", "--
     (["run", "--methods", "uniform:w=4", "--config", "/nonexistent.toml"], "cannot read config"),
     (["run", "--methods", "uniform:w=4", "--models", "small-cnn", "--datasets", "fashion-mnist",
       "--data-root", "/nonexistent", "--recipe", "tiny"], "Fashion-MNIST not found"),
-    (["verify", "0000", "--targets", "arm-qemu", "--out", "/nonexistent"], "no single run matches"),
+    (["verify", "0000", "--targets", "arm-qemu", "--out", "/nonexistent"], "holds no runs/ folder"),
     (["bench", "nope"], "unknown benchmark"),
 ])
 def test_user_errors_are_one_line(args, message, capsys, tmp_path):

@@ -1,11 +1,12 @@
 import pytest
 
 from mpqbench.api import ImageShape
-from mpqbench.budget import Budget, parse_budgets
-from mpqbench.cost import CostModel
+from mpqbench.cost.budget import Budget, parse_budgets
+from mpqbench.cost.kinds import BUILTIN
+from mpqbench.cost.model import CostModel
 from mpqbench.errors import UserError
 from mpqbench.models.resnets import resnet18, resnet_layout
-from mpqbench.policy import BitPolicy
+from mpqbench.quant.policy import BitPolicy
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,11 @@ def test_average_bits_is_parameter_weighted(r18):
 
 
 def test_parse_budgets():
-    assert parse_budgets("size_mb=w4,w3") == [Budget("size_mb", uniform=(4, 4)), Budget("size_mb", uniform=(3, 3))]
-    assert parse_budgets(["avg_bits=3.5", "bitops_g=w4a8"]) == [Budget("avg_bits", 3.5),
-                                                               Budget("bitops_g", uniform=(4, 8))]
-    assert Budget("bitops_g", uniform=(4, 8)).text == "bitops_g=w4a8"
+    assert parse_budgets("size_mb=w4,w3") == [Budget(BUILTIN["size_mb"], uniform=(4, 4)),
+                                              Budget(BUILTIN["size_mb"], uniform=(3, 3))]
+    assert parse_budgets(["avg_bits=3.5", "bitops_g=w4a8"]) == [Budget(BUILTIN["avg_bits"], 3.5),
+                                                               Budget(BUILTIN["bitops_g"], uniform=(4, 8))]
+    assert Budget(BUILTIN["bitops_g"], uniform=(4, 8)).text == "bitops_g=w4a8"
 
 
 @pytest.mark.parametrize("text", ["size_mb", "speed=3", "size_mb=-1", "size_mb=abc", "3", "avg_bits=w9"])
@@ -57,7 +59,7 @@ def test_malformed_budgets_are_user_errors(text):
 
 def test_budget_resolution_and_check(r18):
     layout, cost, fixed = r18
-    budget = Budget("size_mb", uniform=(4, 4)).resolve(cost, fixed)
+    budget = Budget(BUILTIN["size_mb"], uniform=(4, 4)).resolve(cost, fixed)
     assert budget.value == pytest.approx(5.82, abs=0.01)
     assert budget.met(cost, BitPolicy.uniform(layout, 4, 4, fixed))  # exactly at the budget
     assert not budget.met(cost, BitPolicy.uniform(layout, 5, 5, fixed))
@@ -67,6 +69,6 @@ def test_budget_resolution_and_check(r18):
 def test_infeasible_budget_is_a_user_error(r18):
     layout, cost, fixed = r18
     with pytest.raises(UserError, match="infeasible"):
-        Budget("size_mb", 1.0).resolve(cost, fixed)  # 2-bit with 8-bit first/last is ~3.3 MB
+        Budget(BUILTIN["size_mb"], 1.0).resolve(cost, fixed)  # 2-bit with 8-bit first/last is ~3.3 MB
     with pytest.raises(UserError, match="infeasible"):
-        Budget("avg_bits", 1.5).resolve(cost, {})
+        Budget(BUILTIN["avg_bits"], 1.5).resolve(cost, {})

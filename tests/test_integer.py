@@ -11,17 +11,17 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from mpqbench.api import ImageShape, Target
-from mpqbench.deploy import DeployContext, TargetReport, compare, deploy_target
+from mpqbench.api import ImageShape, Target, TargetReport
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.fixedpoint import quantize_multiplier, rounding_shift
 from mpqbench.integer.model import IntegerModel
 from mpqbench.integer.packing import pack, unpack
-from mpqbench.models.layout import make_layout
 from mpqbench.models.resnets import ResNetCifar
-from mpqbench.policy import BitPolicy
+from mpqbench.pipeline.deploy import DeployContext, compare, deploy_target
+from mpqbench.quant.layout import make_layout
 from mpqbench.quant.model import QuantModel
+from mpqbench.quant.policy import BitPolicy
 
 
 @settings(max_examples=60, deadline=None)

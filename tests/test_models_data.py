@@ -11,8 +11,8 @@ from mpqbench.data.loader import augment_batch, batches
 from mpqbench.data.splits import Augment
 from mpqbench.errors import UserError
 from mpqbench.models.builtin import MODELS
-from mpqbench.policy import BitPolicy
 from mpqbench.quant.model import QuantModel
+from mpqbench.quant.policy import BitPolicy
 
 ENTRIES = {e.name: e for e in MODELS}
 

@@ -105,8 +105,8 @@ def test_a_method_supplies_its_own_quantizers():
     from mpqbench.api import ImageShape
     from mpqbench.integer.export import export
     from mpqbench.models.small_cnn import small_cnn, small_cnn_layout
-    from mpqbench.policy import BitPolicy
     from mpqbench.quant.model import QuantModel
+    from mpqbench.quant.policy import BitPolicy
 
     model = small_cnn(ImageShape(1, 8, 10))
     layout = small_cnn_layout(model)

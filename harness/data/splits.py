@@ -13,10 +13,17 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from mpqbench.api import ImageShape
-
 SPLIT_SEED = 0
 """The splits are the same for every run seed: runs differ in training randomness, not in data."""
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    """What a model is built for: image channels, side length in pixels, number of classes."""
+
+    channels: int
+    size: int
+    classes: int
 
 
 @dataclass(frozen=True)

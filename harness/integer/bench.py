@@ -11,10 +11,10 @@ from mpqbench.data.loader import to_float
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.model import IntegerModel
-from mpqbench.paths import cache_dir
-from mpqbench.policy import BitPolicy
+from mpqbench.pipeline.store import RunStore
 from mpqbench.quant.model import QuantModel
-from mpqbench.store import RunStore
+from mpqbench.quant.policy import BitPolicy
+from mpqbench.system.paths import cache_dir
 
 
 def main(args: list[str], registry) -> int:

@@ -38,6 +38,9 @@ def export(qmodel: QuantModel, input_shape: tuple[int, ...], meta: dict | None =
     """The integer form of ``qmodel`` (evaluated in eval mode, i.e. BN running statistics)."""
     if qmodel.is_float:
         raise ExportError("an FP32 model has no integer form")
+    mixed = qmodel.mixed_grids()
+    if mixed:
+        raise ExportError(f"not one uniform grid per layer (finalize the model first): {', '.join(mixed)}")
     return _Exporter(qmodel, input_shape).build(meta or {})
 
 

@@ -29,7 +29,9 @@ The rounding rules are those of :mod:`.fixedpoint`.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,8 @@ class IntegerModel:
     def weight_bytes(self) -> int:
         return sum(a.nbytes for k, a in self.arrays.items() if k.endswith(".weight"))
 
-    def save(self, path: str | Path) -> None:
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file's bytes (what :meth:`save` writes)."""
         header = {
             "format": FORMAT_VERSION,
             "tensors": [asdict(t) for t in self.tensors.values()],
@@ -108,14 +111,22 @@ class IntegerModel:
             "meta": self.meta,
         }
         blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        with open(path, "wb") as fh:
-            np.savez(fh, __header__=blob, **self.arrays)
+        buf = io.BytesIO()
+        np.savez(buf, __header__=blob, **self.arrays)
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "IntegerModel":
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(npz["__header__"].tobytes().decode())
-            arrays = {k: npz[k] for k in npz.files if k != "__header__"}
+    def load(cls, path: str | Path | io.BytesIO) -> "IntegerModel":
+        """Read a saved model (a path or a file-like object); ValueError when it is not a readable one."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                header = json.loads(npz["__header__"].tobytes().decode())
+                arrays = {k: npz[k] for k in npz.files if k != "__header__"}
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable integer model ({type(exc).__name__}: {exc})") from None
         if header.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: integer model format {header.get('format')} is not {FORMAT_VERSION}")
         tensors = {}

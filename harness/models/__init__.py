@@ -1,1 +1,1 @@
-"""Models: declared quantization layouts and the built-in networks."""
+"""The built-in networks (ResNet-20/18, MobileNetV2, a small CNN) and the layouts they declare."""

@@ -7,9 +7,9 @@ from torchvision.models import mobilenet_v2
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-from mpqbench.api import ImageShape
-from mpqbench.models.layout import QuantLayout, make_layout
+from mpqbench.data.splits import ImageShape
 from mpqbench.models.resnets import SMALL_IMAGE
+from mpqbench.quant.layout import QuantLayout, make_layout
 
 
 def mobilenetv2(shape: ImageShape) -> nn.Module:

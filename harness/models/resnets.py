@@ -10,8 +10,8 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models.resnet import BasicBlock
 
-from mpqbench.api import ImageShape
-from mpqbench.models.layout import QuantLayout, make_layout
+from mpqbench.data.splits import ImageShape
+from mpqbench.quant.layout import QuantLayout, make_layout
 
 SMALL_IMAGE = 64
 """Below this input size the 7x7/stride-2 stem and max-pool of ImageNet ResNets are replaced."""

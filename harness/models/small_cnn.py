@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mpqbench.api import ImageShape
-from mpqbench.models.layout import QuantLayout, make_layout
+from mpqbench.data.splits import ImageShape
+from mpqbench.quant.layout import QuantLayout, make_layout
 
 
 class SmallCNN(nn.Module):

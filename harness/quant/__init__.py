@@ -1,1 +1,2 @@
-"""Quantization building blocks shared by every method: quantizers, quantized layers, QuantModel."""
+"""Quantization building blocks shared by every method: fake quantizers, quantized layers, the traced
+dataflow graph, the layout a model declares (units that share bits), BitPolicy, and QuantModel."""

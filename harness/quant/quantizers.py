@@ -5,8 +5,13 @@ All quantizers map a float tensor to the grid ``scale * (q - zero_point)`` with 
 fake-quantize operators, which round half to even on ``x * (1 / scale)``; :meth:`Quantizer.integers`
 reproduces that exactly, so exported integers are the ones the fine-tuned model saw.
 
-``bits`` can be changed at any time (``set_bits``) without rebuilding the model: methods that learn
-bitwidths while training (SDQ, DDQ, ...) rely on it. ``bits >= 32`` means "leave in floating point".
+``bits`` can be changed at any time (``set_bits``) without rebuilding the model, and learned state is kept
+per bitwidth: methods that learn bitwidths while training (SDQ, DDQ, ...) switch back and forth and rely
+on it. ``bits >= 32`` means "leave in floating point".
+
+A quantizer is a *single grid* when its output is one uniform grid at ``bits`` (the export needs that).
+Method-specific quantizers that are not (a mixture of bitwidths, a stochastic switch, gated levels) set
+``single_grid = False`` and implement ``collapse()``, which returns the single-grid quantizer they end as.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-FLOAT_BITS = 32
+from mpqbench.quant.policy import FLOAT_BITS
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +38,8 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
 
 class Quantizer(nn.Module):
     """Base class. Subclasses implement ``_fake`` and ``scale``; zero point is 0 unless overridden."""
+
+    single_grid = True
 
     def __init__(self, bits: int, signed: bool):
         super().__init__()
@@ -79,6 +86,10 @@ class Quantizer(nn.Module):
         q = torch.round(x.to(torch.float32) * inv).to(torch.int64) + z.reshape(shape)
         return q.clamp(self.qmin, self.qmax)
 
+    def collapse(self) -> "Quantizer":
+        """The single-grid quantizer this one ends as (itself, for a single grid)."""
+        return self
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
 
@@ -86,28 +97,44 @@ class Quantizer(nn.Module):
 class LSQQuantizer(Quantizer):
     """Learned Step Size Quantization (Esser et al., ICLR 2020).
 
-    Symmetric (zero point 0), one learnable step per tensor or per output channel (``channels``). The step
-    is initialised on the first batch it sees after construction or a bitwidth change as
+    Symmetric (zero point 0), one learnable step per tensor or per output channel (``channels``), kept **per
+    bitwidth**: ``steps["4"]`` is the 4-bit step, created on first use and kept, so switching 4 -> 3 -> 4
+    bits returns exactly the 4-bit step learned before. A step is initialised on the first batch it sees as
     ``2 * mean(|v|) / sqrt(qmax)`` (per channel for weights), and its gradient is scaled by
     ``1 / sqrt(N * qmax)`` with N the elements per step (per sample for activations), as in the paper.
+    A step created during training joins an optimizer only if it existed when the optimizer was built:
+    methods that switch bits call :meth:`ensure` for every bitwidth they may use before training.
     """
 
     def __init__(self, bits: int, signed: bool, channels: int | None = None):
         super().__init__(bits, signed)
         self.channels = channels
-        self.step = nn.Parameter(torch.ones(channels or 1))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.steps = nn.ParameterDict()
+        self.register_buffer("initialized", torch.zeros(FLOAT_BITS + 1, dtype=torch.bool))
+        self.ensure(self.bits)
+
+    def ensure(self, *bits: int) -> None:
+        """Create the step of each bitwidth in ``bits`` that does not exist yet (uninitialised)."""
+        for b in bits:
+            if str(int(b)) not in self.steps and int(b) < FLOAT_BITS:
+                self.steps[str(int(b))] = nn.Parameter(torch.ones(self.channels or 1,
+                                                                  device=self.initialized.device))
+
+    @property
+    def step(self) -> nn.Parameter:
+        """The learnable step of the current bitwidth."""
+        return self.steps[str(self.bits)]
 
     def set_bits(self, bits: int) -> None:
-        if int(bits) != self.bits:
-            super().set_bits(bits)
-            self.initialized.fill_(False)
+        super().set_bits(bits)
+        self.ensure(self.bits)
 
     @torch.no_grad()
     def set_step(self, step: torch.Tensor) -> None:
-        """Set the step(s) explicitly (e.g. a method's own initialisation); skips the LSQ init."""
+        """Set the current bitwidth's step(s) explicitly (e.g. a method's own initialisation); skips the LSQ
+        init."""
         self.step.copy_(torch.as_tensor(step, dtype=self.step.dtype).expand_as(self.step))
-        self.initialized.fill_(True)
+        self.initialized[self.bits] = True
 
     @torch.no_grad()
     def _init_step(self, x: torch.Tensor) -> None:
@@ -116,10 +143,10 @@ class LSQQuantizer(Quantizer):
         else:
             mean_abs = x.detach().abs().mean().reshape(1)
         self.step.copy_((2 * mean_abs / math.sqrt(self.qmax)).clamp_min(1e-8))
-        self.initialized.fill_(True)
+        self.initialized[self.bits] = True
 
     def _fake(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialized):
+        if not bool(self.initialized[self.bits]):
             self._init_step(x)
         step = self.step.abs().clamp_min(1e-8)
         zero = torch.zeros_like(step)
@@ -134,6 +161,12 @@ class LSQQuantizer(Quantizer):
 
     def scale(self) -> torch.Tensor:
         return self.step.detach().abs().clamp_min(1e-8)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in state_dict:  # steps of bitwidths this instance has not used yet
+            if key.startswith(prefix + "steps."):
+                self.ensure(int(key[len(prefix + "steps."):]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", channels={self.channels}" if self.channels else "")

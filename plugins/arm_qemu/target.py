@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpqbench.api import Target
-from mpqbench.deploy import Metric, TargetReport
+from mpqbench.api import Metric, Target, TargetReport
 from mpqbench.integer.model import IntegerModel
 from mpqbench.plugins.arm_qemu import layout as lay
 from mpqbench.plugins.arm_qemu import toolchain as tc
@@ -108,7 +107,7 @@ class ArmQemu(Target):
     params = {"cpu": tc.DEFAULT_CPU, "layers": True, "mca_core": ""}
     headline = ("instr_per_mac", "instructions", "weight_bytes")
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, params=None) -> str | None:
         return tc.unavailable()
 
     def deploy(self, run, imodel: IntegerModel, inputs) -> TargetReport:

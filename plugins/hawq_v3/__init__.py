@@ -17,7 +17,7 @@ The Hessian-aware reference for OMPQ (METHODS.md section 3):
    default; ``minmax``: HAWQ-V3's quantizer; ``mse``: the min-squared-error clipping).
 3. **Program**: minimise sum_u trace_u * Delta_u(b_u) over b_u in ``candidates`` (default {4, 8}, the
    paper's hardware-supported set) within the run's budget, solved exactly by
-   :func:`mpqbench.allocation.allocate`.
+   :func:`mpqbench.cost.allocation.allocate`.
 4. **Activations**: with ``a=None`` (default) each searched layer's input takes that layer's weight bits, as
    in the official ``bit_config.py``; layers reading one tensor take the largest, and the BitOPs of a
    downsample conv, a product of two units' choices, is modelled exactly. An integer ``a`` fixes them.
@@ -37,12 +37,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpqbench import hookimpl
-from mpqbench.allocation import allocate, check_bits, searched_units
-from mpqbench.api import Method
-from mpqbench.cost import CostModel
+from mpqbench.api import Benchmark, Method
+from mpqbench.cost.allocation import allocate, check_bits, lowest_policy, searched_units
+from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
-from mpqbench.params import Choice
+from mpqbench.plugin.params import Choice
 from mpqbench.plugins.hawq_v3.hessian import STEP_INITS, hutchinson, perturbation
 
 
@@ -76,11 +76,19 @@ class HAWQV3(Method):
     params = {"candidates": (4, 8), "a": None, "iters": 100, "tol": 1e-3, "batch": 200, "batches": 1,
               "step": Choice(*STEP_INITS)}
 
+    def check(self, params) -> None:
+        check_bits(self.name, params["candidates"], params["a"])
+        if params["iters"] < 1 or not params["tol"] >= 0:
+            raise UserError(f"hawq-v3: iters={params['iters']} must be >= 1 and tol={params['tol']} >= 0")
+        if params["batch"] < 1 or params["batches"] < 1:
+            raise UserError("hawq-v3: batch and batches must be at least 1")
+
+    def smallest_policy(self, params, layout, fixed):
+        return lowest_policy(layout, fixed, params["candidates"], params["a"])
+
     def search(self, run):
         p = run.params
         candidates = check_bits(self.name, p["candidates"], p["a"])
-        if p["iters"] < 1 or not p["tol"] >= 0:
-            raise UserError(f"hawq-v3: iters={p['iters']} must be >= 1 and tol={p['tol']} >= 0")
         train = run.data.train
         if p["batch"] < 1 or p["batches"] < 1 or p["batch"] * p["batches"] > len(train):
             raise UserError(f"hawq-v3: {p['batches']} batches of {p['batch']} images do not fit in the "
@@ -104,3 +112,10 @@ class HAWQV3(Method):
 @hookimpl
 def mpqbench_register_methods(register):
     register(HAWQV3())
+
+
+@hookimpl
+def mpqbench_register_benchmarks(register):
+    from mpqbench.plugins.hawq_v3 import bench
+
+    register(Benchmark("hawq-trace", bench.main, (bench.main.__doc__ or "").strip().splitlines()[0]))

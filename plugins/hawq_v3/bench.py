@@ -9,13 +9,13 @@ import os
 import torch
 from torch.nn import functional as F
 
-from mpqbench.allocation import allocate, searched_units
-from mpqbench.api import ImageShape
-from mpqbench.budget import parse_budgets
-from mpqbench.cost import CostModel
+from mpqbench.cost.allocation import allocate, searched_units
+from mpqbench.cost.budget import parse_budgets
+from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
-from mpqbench.meter import measure
+from mpqbench.data.splits import ImageShape
 from mpqbench.plugins.hawq_v3 import HAWQV3, sensitivity
+from mpqbench.system.meter import measure
 
 
 def main(args: list[str], registry) -> int:

@@ -15,7 +15,7 @@ importance, and one integer program spends the budget (METHODS.md section 2).
 4. **Importance**: gamma_i = sum_{j != i} ORM_ij, theta_i = exp(-beta gamma_i), objective coefficient
    c_i = mean(theta_j, j = i..L) in network order (the official ``feature_extract.py``).
 5. **Program**: maximise sum_i c_i b_i over b_i in ``candidates`` within the run's budget, solved exactly by
-   :func:`mpqbench.allocation.allocate` (the official code runs SLSQP and rounds, which can overshoot). A
+   :func:`mpqbench.cost.allocation.allocate` (the official code runs SLSQP and rounds, which can overshoot). A
    linear objective under one budget row lands on a vertex: nearly every unit at its lowest or highest
    candidate. Expect min/max-heavy policies and read nothing into intermediate bitwidths.
 6. **Activations**: every searched layer's input at ``a`` bits (the paper's fixed 8/6/5; with first/last
@@ -48,15 +48,15 @@ import torch
 from torch import nn
 
 from mpqbench import hookimpl
-from mpqbench.allocation import Allocation, Fixed, allocate, check_bits, searched_units, unit_policy
-from mpqbench.api import Method
-from mpqbench.budget import Budget
-from mpqbench.cost import CostModel
+from mpqbench.api import Benchmark, Method
+from mpqbench.cost.allocation import Allocation, Fixed, allocate, check_bits, lowest_policy, searched_units, unit_policy
+from mpqbench.cost.budget import Budget
+from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
-from mpqbench.models.layout import QuantLayout
-from mpqbench.params import Choice
+from mpqbench.plugin.params import Choice
 from mpqbench.plugins.ompq.orm import BN_MODES, extract_features, feature_batch, importance, orm_matrix, rounded
+from mpqbench.quant.layout import QuantLayout
 
 Timer = Callable[[str], ContextManager]
 
@@ -105,11 +105,19 @@ class OMPQ(Method):
     params = {"beta": 10.0, "candidates": (2, 3, 4, 5, 6, 7, 8), "a": 8, "batch": 32, "bn": Choice(*BN_MODES),
               "allocation": Choice("orm", "greedy", "random")}
 
+    def check(self, params) -> None:
+        check_bits(self.name, params["candidates"], params["a"])
+        if not params["beta"] >= 0:
+            raise UserError(f"ompq: beta={params['beta']} must be >= 0")
+        if params["batch"] < 2:
+            raise UserError(f"ompq: batch={params['batch']} must be at least 2")
+
+    def smallest_policy(self, params, layout, fixed):
+        return lowest_policy(layout, fixed, params["candidates"], params["a"])
+
     def search(self, run):
         p = run.params
         candidates = check_bits(self.name, p["candidates"], p["a"])
-        if not p["beta"] >= 0:
-            raise UserError(f"ompq: beta={p['beta']} must be >= 0")
         units = searched_units(run.layout, run.fixed)
         record = run.extra["ompq"] = {"allocation": p["allocation"], "units": units}
         if p["allocation"] == "random":
@@ -136,3 +144,10 @@ class OMPQ(Method):
 @hookimpl
 def mpqbench_register_methods(register):
     register(OMPQ())
+
+
+@hookimpl
+def mpqbench_register_benchmarks(register):
+    from mpqbench.plugins.ompq import bench
+
+    register(Benchmark("ompq-search", bench.main, (bench.main.__doc__ or "").strip().splitlines()[0]))

@@ -9,13 +9,13 @@ import statistics
 
 import torch
 
-from mpqbench.allocation import searched_units
-from mpqbench.api import ImageShape
-from mpqbench.budget import parse_budgets
-from mpqbench.cost import CostModel
+from mpqbench.cost.allocation import searched_units
+from mpqbench.cost.budget import parse_budgets
+from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
-from mpqbench.meter import measure
+from mpqbench.data.splits import ImageShape
 from mpqbench.plugins.ompq import OMPQ, orm_signal, solve
+from mpqbench.system.meter import measure
 
 PHASES = ("search:features", "search:orm", "search:solver")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mpqbench.errors import UserError
-from mpqbench.models.layout import QuantLayout
+from mpqbench.quant.layout import QuantLayout
 
 BN_MODES = ("eval", "train")
 

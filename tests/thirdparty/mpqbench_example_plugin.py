@@ -12,10 +12,9 @@ import time
 import numpy as np
 
 from mpqbench import hookimpl
-from mpqbench.api import Method, Target
-from mpqbench.deploy import Metric, TargetReport
+from mpqbench.api import Method, Metric, Target, TargetReport
 from mpqbench.integer import executor
-from mpqbench.policy import BitPolicy
+from mpqbench.quant.policy import BitPolicy
 
 
 class Half(Method):
@@ -57,7 +56,7 @@ class Exact(Target):
     version = "0.1"
     headline = ("images",)
 
-    def unavailable(self):
+    def unavailable(self, params=None):
         return "example-exact: switched off by $EXAMPLE_OFF" if os.environ.get("EXAMPLE_OFF") else None
 
     def deploy(self, run, imodel, inputs):

@@ -83,10 +83,16 @@ def _number(value: str) -> int | float:
         return float(value)
 
 
+def changed(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """``key=value`` for every parameter that differs from its (resolved) default."""
+    defaults = resolve_defaults(defaults)
+    return [f"{k}={_fmt(v)}" for k, v in params.items() if defaults.get(k) != v]
+
+
 def label(name: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
     """``ompq(beta=1)``: the name plus every parameter that differs from its default."""
-    changed = [f"{k}={_fmt(v)}" for k, v in params.items() if defaults.get(k) != v]
-    return f"{name}({','.join(changed)})" if changed else name
+    diff = changed(params, defaults)
+    return f"{name}({','.join(diff)})" if diff else name
 
 
 def describe(declared: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ Formulation
   objective ``sum score[u][b] * x[u,b]``. Scores are shifted per unit (one choice per unit, so a constant)
   and scaled to [-1, 1] for the solver; the reported objective is in the method's own units.
 * **Budget.** Every budget kind is a sum over layers of a term ``f_l(w_l, a_l)`` (size and average bits
-  ignore ``a``, BitOPs is ``MACs_l * w * a``), read from the shared :meth:`CostModel.layer_cost`, so the
+  ignore ``a``, BitOPs is ``MACs_l * w * a``), read from the budget kind (:meth:`Budget.layer_cost`), so the
   program has no cost formula of its own. Layers the run pins (``fixed``) are constants. The row is
   ``sum f <= value``.
 * **Activation bits.** A layer's activation bits are those of the tensor it reads: the largest request of the
@@ -48,11 +48,11 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from mpqbench.budget import Budget
-from mpqbench.cost import CostModel
+from mpqbench.cost.budget import Budget
+from mpqbench.cost.model import CostModel
 from mpqbench.errors import UserError
-from mpqbench.models.layout import QuantLayout
-from mpqbench.policy import MAX_BITS, MIN_BITS, BitPolicy
+from mpqbench.quant.layout import QuantLayout
+from mpqbench.quant.policy import MAX_BITS, MIN_BITS, BitPolicy
 
 Fixed = Mapping[str, tuple[int, int]]
 RESOLVES = 3
@@ -93,6 +93,13 @@ def unit_policy(layout: QuantLayout, fixed: Fixed, bits: Mapping[str, int], act_
     acts = {layer: fixed[layer][1] if layer in fixed else act_bits or weights[u]
             for layer, u in _units_of(layout).items()}
     return BitPolicy.from_unit_bits(layout, weights, acts, fixed)
+
+
+def lowest_policy(layout: QuantLayout, fixed: Fixed, candidates: Sequence[int], act_bits: int | None) -> BitPolicy:
+    """Every searched unit at its lowest candidate: the cheapest policy such a method can return under any
+    budget kind (every kind grows with the bits), for the pre-run feasibility check."""
+    low = min(candidates)
+    return unit_policy(layout, fixed, {u: low for u in searched_units(layout, fixed)}, act_bits)
 
 
 def _units_of(layout: QuantLayout) -> dict[str, str]:
@@ -157,7 +164,7 @@ def allocate(layout: QuantLayout, cost: CostModel, budget: Budget | None, fixed:
 
     @functools.cache
     def term(layer: str, w: int, a: int) -> float:
-        return cost.layer_cost(budget.kind, layer, w, a)
+        return budget.layer_cost(cost, layer, w, a)
 
     prog = _Program()
     x = {(u, b): prog.var(integer=True) for u in units for b in cands}

@@ -1,30 +1,21 @@
-"""Where mpqbench keeps what it caches (FP32 checkpoints, unpacked data, built binaries)."""
+"""Where mpqbench keeps what it caches (FP32 checkpoints, unpacked data, built binaries), and atomic writes."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-from contextlib import contextmanager
 from pathlib import Path
+
+from mpqbench.errors import UserError
 
 
 def cache_dir() -> Path:
-    """``$MPQBENCH_CACHE``, else ``~/.cache/mpqbench``."""
+    """``$MPQBENCH_CACHE``, else ``~/.cache/mpqbench``; a path that cannot be a folder is a user error."""
     path = Path(os.environ.get("MPQBENCH_CACHE") or Path.home() / ".cache" / "mpqbench")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cache folder {path} (MPQBENCH_CACHE) is not usable: {exc.strerror}") from None
     return path
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive inter-process lock (parallel workers needing the same checkpoint train it once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

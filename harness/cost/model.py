@@ -1,6 +1,6 @@
 """CostModel: one implementation of size, BitOPs and average bits used by every method and table.
 
-Conventions (METHODS.md section 1): size counts conv/linear weights only, ``sum(n_l * b_l) / 8 / 2^20``
+Conventions (the common protocol of MPQ papers): size counts conv/linear weights only, ``sum(n_l * b_l) / 8 / 2^20``
 MiB; BitOPs ``sum(MACs_l * b_w,l * b_a,l)`` in G over conv/linear MACs; FP32 layers count 32 bits;
 average weight bits are parameter-weighted. MACs are measured once by a forward pass of one image.
 """
@@ -12,16 +12,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpqbench.models.layout import QuantLayout
-from mpqbench.policy import BitPolicy
+from mpqbench.quant.layout import QuantLayout
+from mpqbench.quant.policy import BitPolicy
 
 MIB = 2**20
 
 
 @dataclass(frozen=True)
 class LayerCost:
+    """One conv/linear layer: weights, MACs per image, and the shape a hardware cost model needs (a linear
+    layer is a 1x1 conv on a 1x1 input)."""
+
     params: int
     macs: int
+    in_channels: int = 0
+    out_channels: int = 0
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    groups: int = 1
+    in_hw: tuple[int, int] = (1, 1)
+    out_hw: tuple[int, int] = (1, 1)
 
 
 class CostModel:
@@ -33,14 +43,21 @@ class CostModel:
     def measure(cls, model: nn.Module, layout: QuantLayout, input_shape: tuple[int, int, int]) -> "CostModel":
         """Count each layer's weights and its MACs for one input of ``input_shape`` (C, H, W)."""
         modules = dict(model.named_modules())
-        macs: dict[str, int] = {}
+        found: dict[str, LayerCost] = {}
         hooks = []
         for name in layout.layers:
             module = modules[name]
 
             def hook(mod, inputs, output, name=name):
                 per_output = mod.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
-                macs[name] = int(output[0].numel() * per_output)
+                shape = {}
+                if isinstance(mod, nn.Conv2d):
+                    shape = dict(in_channels=mod.in_channels, out_channels=mod.out_channels,
+                                 kernel=tuple(mod.kernel_size), stride=tuple(mod.stride), groups=mod.groups,
+                                 in_hw=tuple(inputs[0].shape[-2:]), out_hw=tuple(output.shape[-2:]))
+                elif isinstance(mod, nn.Linear):
+                    shape = dict(in_channels=mod.in_features, out_channels=mod.out_features)
+                found[name] = LayerCost(mod.weight.numel(), int(output[0].numel() * per_output), **shape)
 
             hooks.append(module.register_forward_hook(hook))
         was_training = model.training
@@ -52,7 +69,7 @@ class CostModel:
             model.train(was_training)
             for h in hooks:
                 h.remove()
-        return cls({n: LayerCost(modules[n].weight.numel(), macs[n]) for n in layout.layers}, layout)
+        return cls({n: found[n] for n in layout.layers}, layout)
 
     @property
     def total_params(self) -> int:

@@ -1,7 +1,10 @@
-"""Leaderboard tables from run records (pandas + tabulate): Markdown, CSV and JSON.
+"""Leaderboard tables from run records (pandas + tabulate): Markdown, CSV and JSON, plus a plot.
 
-One row per (method with its parameters, model, data set, recipe, budget); numbers are mean +- std over the
-seeds that finished, with the seed count; failed runs are counted and their first error shown.
+One row per (method with its parameters, model, data set, recipe, budget, method code): numbers are mean
++- std over the distinct seeds that finished, with their count; failed runs are counted and their first
+error shown. Records made by older code of a method than the newest for the same row (their plugin
+fingerprint differs; run ids hash it) are *stale*: never averaged with the current ones, hidden unless
+asked for (``stale=True``), and counted in a note.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from mpqbench.recipe import recipe_label
+from mpqbench.pipeline.record import RunRecord
+from mpqbench.train.recipe import recipe_label
 
 KEYS = ["method", "model", "dataset", "recipe", "budget"]
 METRICS = [  # record metric -> column title
@@ -29,19 +33,18 @@ METRICS = [  # record metric -> column title
 ]
 
 
-def flatten(record: dict) -> dict:
+def flatten(record: RunRecord) -> dict:
     """One record as a flat row of numbers (NaN where a run has no such figure)."""
-    spec = record["spec"]
-    row = {"method": record["label"], "model": spec["model"], "dataset": spec["dataset"],
+    spec = record.spec
+    row = {"method": record.label, "model": spec["model"], "dataset": spec["dataset"],
            "recipe": recipe_label(spec["recipe"]), "budget": spec["budget"] or "-", "seed": spec["seed"],
-           "status": record["status"], "error": record.get("error"), "id": record["id"]}
-    metrics = record.get("metrics", {})
-    phases = record.get("phases", {})
-    row.update({k: metrics.get(k, np.nan) for k, _ in METRICS if not k.endswith("_s")})
-    row["search_s"] = phases.get("search", {}).get("seconds", np.nan)
-    row["train_s"] = phases.get("train", {}).get("seconds", np.nan)
-    row["budget_met"] = record.get("budget", {}).get("met")
-    for name, section in record.get("targets", {}).items():
+           "status": record.status, "error": record.error, "id": record.id, "code": record.plugin.get("source"),
+           "finished": record.finished or ""}
+    row.update({k: record.metrics.get(k, np.nan) for k, _ in METRICS if not k.endswith("_s")})
+    row["search_s"] = _nan(record.search_seconds)
+    row["train_s"] = _nan(record.train_seconds)
+    row["budget_met"] = record.budget_met
+    for name, section in record.targets.items():
         row[f"{name}:status"] = section["status"]
         if section["status"] == "done":
             row[f"{name}:bit_exact"] = section["check"]["bit_exact"]
@@ -53,9 +56,22 @@ def flatten(record: dict) -> dict:
     return row
 
 
-def table(records: Iterable[dict]) -> pd.DataFrame:
-    """The numeric leaderboard: ``<metric>`` (mean) and ``<metric>_std`` columns per group."""
-    rows = [flatten(r) for r in records if r.get("status") in ("done", "failed")]
+def _nan(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
+def _mark_stale(df: pd.DataFrame) -> pd.Series:
+    """True for rows whose method code is older than the newest code seen for the same row key (the code
+    of the most recently finished record)."""
+    newest = df.sort_values("finished").groupby(KEYS, dropna=False)["code"].last()
+    current = df.set_index(KEYS).index.map(lambda key: newest.get(key))
+    return pd.Series(df["code"].to_numpy() != np.asarray(current, dtype=object), index=df.index)
+
+
+def table(records: Iterable[RunRecord], stale: bool = False) -> pd.DataFrame:
+    """The numeric leaderboard: ``<metric>`` (mean) and ``<metric>_std`` columns per group. Stale records
+    are left out (``attrs["stale"]`` counts them) unless ``stale``, when they form rows of their own."""
+    rows = [flatten(r) for r in records if r.status in ("done", "failed")]
     if not rows:
         return pd.DataFrame(columns=KEYS)
     units = {}
@@ -65,12 +81,18 @@ def table(records: Iterable[dict]) -> pd.DataFrame:
     df["_order"] = [(r["dataset"], r["model"], r["recipe"], "" if r["budget"] == "-" else r["budget"],
                      r["method"] != "fp32", r["method"]) for r in rows]
     df = df.sort_values("_order", kind="stable").drop(columns="_order")
+    is_stale = _mark_stale(df)
+    n_stale = int(is_stale.sum())
+    if stale:
+        df.loc[is_stale, "method"] = df.loc[is_stale, "method"] + " [stale code " + df.loc[is_stale, "code"] + "]"
+    else:
+        df = df[~is_stale]
     target_cols = sorted(c for c in df.columns if ":" in c and not c.endswith((":status", ":bit_exact")))
     out = []
     for key, group in df.groupby(KEYS, sort=False, dropna=False):
         done = group[group.status == "done"]
         row = dict(zip(KEYS, key))
-        row["seeds"] = len(done)
+        row["seeds"] = done["seed"].nunique()
         row["failed"] = int((group.status == "failed").sum())
         row["error"] = next((e for e in group.error if isinstance(e, str)), "")
         for metric, _ in METRICS:
@@ -91,8 +113,9 @@ def table(records: Iterable[dict]) -> pd.DataFrame:
                 values = pd.to_numeric(done[col], errors="coerce").dropna()
                 row[col] = values.mean() if len(values) else np.nan
         out.append(row)
-    result = pd.DataFrame(out)
+    result = pd.DataFrame(out) if out else pd.DataFrame(columns=KEYS)
     result.attrs["units"] = units
+    result.attrs["stale"] = n_stale
     return result
 
 
@@ -107,6 +130,10 @@ def markdown(df: pd.DataFrame) -> str:
     """The human table: mean ± std strings, target columns titled with their units."""
     if df.empty:
         return "(no finished runs)"
+    note = ""
+    if df.attrs.get("stale") and not df["method"].str.contains("[stale code", regex=False).any():
+        note = (f"\n\n{df.attrs['stale']} stale record(s) hidden: made by older code of a method than the newest "
+                "for the same row (show them with --stale).")
     shown = df[KEYS + ["seeds"]].copy()
     for metric, title in METRICS:
         digits = 2 if metric not in ("search_s", "train_s") else 1
@@ -123,7 +150,7 @@ def markdown(df: pd.DataFrame) -> str:
         shown["failed"] = [f"{n}: {e[:80]}" if n else "" for n, e in zip(df["failed"], df["error"])]
     shown = shown.loc[:, [c for c in shown.columns if (shown[c].astype(str) != "").any()]]
     align = ["left" if c in KEYS else "right" for c in shown.columns]
-    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + note
 
 
 MARKERS = "osD^v<>pP*hX"

@@ -1,5 +1,5 @@
-"""The deploy contract: what a target returns, and the harness's bit-exactness check against the
-reference executor."""
+"""Deploying one IntegerModel on one target, in memory, and the harness's bit-exactness check against the
+reference executor's outputs (computed once per run and shared by every target)."""
 
 from __future__ import annotations
 
@@ -7,43 +7,15 @@ import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pluggy
 
 from mpqbench.errors import Unavailable
 from mpqbench.integer.model import IntegerModel
-from mpqbench.meter import measure
-from mpqbench.params import resolve_defaults
-
-How = Literal["measured", "counted", "simulated", "modelled"]
-
-
-@dataclass
-class Metric:
-    """One cost figure, with its unit and how it was obtained: ``measured`` on real hardware,
-    ``counted`` exactly (e.g. executed instructions), ``simulated`` by a cycle-level model, or
-    ``modelled`` analytically (e.g. an llvm-mca estimate)."""
-
-    name: str
-    value: float
-    unit: str
-    how: How
-    note: str = ""
-
-
-@dataclass
-class TargetReport:
-    """What a target returns: int32 logits for the inputs, optionally per-tensor outputs (keyed by the
-    IntegerModel's tensor names) so the harness can name the first layer that diverges, its cost
-    metrics (total and per layer) and the exact conditions of the run."""
-
-    outputs: np.ndarray
-    metrics: list[Metric]
-    layers: dict[str, np.ndarray] = field(default_factory=dict)
-    per_layer: list[dict[str, Any]] = field(default_factory=list)
-    conditions: dict[str, Any] = field(default_factory=dict)
+from mpqbench.plugin.objects import TargetReport
+from mpqbench.plugin.params import resolve_defaults
+from mpqbench.system.meter import measure
 
 
 @dataclass
@@ -53,9 +25,8 @@ class DeployContext:
     run_id: str
     params: dict[str, Any]
     cache: Path
-    hook: pluggy.HookRelay
     phases: dict[str, dict] = field(default_factory=dict)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mpqbench.deploy"))
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mpqbench.pipeline.deploy"))
 
     @contextmanager
     def measure(self, phase: str):
@@ -89,18 +60,17 @@ def compare(imodel: IntegerModel, reference: tuple[np.ndarray, dict[str, np.ndar
 
 def deploy_target(ctx: DeployContext, target, imodel: IntegerModel, inputs: np.ndarray,
                   reference: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Run one target through the deploy hook and check it; unavailability and errors become the
-    section's status rather than exceptions."""
+    """Run one target and check it; unavailability and errors become the section's status (the full text
+    in the record; the driver shows one line), never exceptions."""
     ctx.params = {**resolve_defaults(target.params), **ctx.params}
-    reason = target.unavailable()
+    reason = target.unavailable(ctx.params)
     if reason:
         return {"status": "unavailable", "reason": reason, "params": ctx.params}
     try:
-        report: TargetReport = ctx.hook.mpqbench_deploy(run=ctx, target=target, imodel=imodel, inputs=inputs)
+        report: TargetReport = target.deploy(ctx, imodel, inputs)
     except Unavailable as exc:
         return {"status": "unavailable", "reason": str(exc), "params": ctx.params}
     except Exception as exc:  # a target's failure is recorded; the sweep goes on
-        ctx.log.warning("target %s failed: %s", target.name, exc)
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "params": ctx.params}
     return {
         "status": "done",

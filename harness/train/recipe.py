@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from mpqbench.errors import UserError
 
-FP32_FIELDS = ("fp32_epochs", "fp32_lr", "fp32_wd", "batch_size", "momentum", "train_subset")
+FP32_FIELDS = ("fp32_epochs", "fp32_lr", "fp32_wd", "batch_size", "momentum", "train_subset", "threads")
 """The fields that determine the FP32 checkpoint; changing any other field reuses it."""
 
 
@@ -18,6 +18,10 @@ class Recipe:
     the training/test splits for quick runs and are part of the run's identity. ``fp32_seed`` fixes the
     FP32 starting point across run seeds (as papers fine-tune one pretrained model), so seeds then vary
     only the search sampling and the fine-tune; ``None`` trains one FP32 model per run seed.
+
+    ``threads`` is the number of torch threads every job of the recipe trains and evaluates with, whatever
+    ``--jobs`` is: floating-point sums are split differently with more threads, so the thread count is part
+    of what a result is (one run id, one result); a sweep gets its parallelism from ``--jobs``.
     """
 
     name: str = "full"
@@ -33,6 +37,19 @@ class Recipe:
     train_subset: int | None = None
     test_subset: int | None = None
     fp32_seed: int | None = None
+    threads: int = 1
+
+    def __post_init__(self):
+        checks = [("fp32_epochs", self.fp32_epochs >= 0), ("qat_epochs", self.qat_epochs >= 0),
+                  ("fp32_lr", self.fp32_lr > 0), ("qat_lr", self.qat_lr > 0), ("fp32_wd", self.fp32_wd >= 0),
+                  ("qat_wd", self.qat_wd >= 0), ("batch_size", self.batch_size >= 1),
+                  ("momentum", 0 <= self.momentum < 1), ("threads", self.threads >= 1),
+                  ("train_subset", self.train_subset is None or self.train_subset >= 1),
+                  ("test_subset", self.test_subset is None or self.test_subset >= 1),
+                  ("fp32_seed", self.fp32_seed is None or self.fp32_seed >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise UserError(f"recipe field {name}={getattr(self, name)!r} is out of range")
 
     def to_json(self) -> dict:
         """The recipe as recorded; an unset ``fp32_seed`` is left out so earlier run ids stay valid."""
@@ -59,16 +76,20 @@ class Recipe:
 
 
 def _coerce(key: str, value, type_name: str):
-    if value is None or not isinstance(value, str):
-        return value
+    """A field's value from a string (``--set``) or a TOML value, checked against the field's type."""
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if "None" in type_name:
+            return None
+        raise UserError(f"recipe field {key} cannot be none")
+    kind = int if "int" in type_name else float if "float" in type_name else str
+    name = {int: "an integer", float: "a number", str: "a string"}[kind]
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)) or (
+            kind is not str and not isinstance(value, (str, int, float))):
+        raise UserError(f"recipe field {key}: {value!r} is not {name}")
     try:
-        if "int" in type_name:
-            return None if value.lower() == "none" else int(value)
-        if "float" in type_name:
-            return float(value)
-    except ValueError:
-        raise UserError(f"recipe field {key}: {value!r} is not a number") from None
-    return value
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"recipe field {key}: {value!r} is not {name}") from None
 
 
 RECIPES = {

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterator
 
-from mpqbench.quant.quantizers import FLOAT_BITS
-
 MIN_BITS, MAX_BITS = 2, 8
+"""The bitwidths a quantized layer may use."""
+FLOAT_BITS = 32
+"""Bits that mean "left in floating point" (the FP32 reference row)."""
 
 
 @dataclass(frozen=True)

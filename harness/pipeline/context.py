@@ -1,0 +1,107 @@
+"""RunContext: everything one run of one method can see, handed to every stage."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpqbench.cost.budget import Budget
+from mpqbench.cost.model import CostModel
+from mpqbench.data.splits import DataSplits
+from mpqbench.plugin.objects import Method
+from mpqbench.quant.layout import QuantLayout
+from mpqbench.quant.model import QuantModel
+from mpqbench.quant.policy import BitPolicy
+from mpqbench.system.meter import measure
+from mpqbench.train.loop import LossFn, Trainer
+from mpqbench.train.losses import kd
+from mpqbench.train.recipe import Recipe
+
+
+@dataclass
+class RunContext:
+    """One cell of the grid, ready to run.
+
+    Methods read: ``params`` (their resolved parameters), ``data`` (train/val/calib/test splits; test is
+    for reported accuracy only), ``layout`` and ``cost`` (the shared structure and cost model),
+    ``budget`` (resolved to a number for this model, or None), ``fixed`` (layers whose bits the run pins,
+    e.g. first/last at W8A8), ``seed``; they call :meth:`fp32_model`, :meth:`quant_model`,
+    :meth:`trainer` / :meth:`finetune` and :meth:`kd`. The harness, not the method, checks the final
+    policy against the budget.
+    """
+
+    spec: Any
+    method: Method
+    params: dict[str, Any]
+    data: DataSplits
+    recipe: Recipe
+    seed: int
+    budget: Budget | None
+    fixed: dict[str, tuple[int, int]]
+    fp32: nn.Module
+    layout: QuantLayout
+    cost: CostModel
+    registry: Any
+    cache: Path
+    device: torch.device = torch.device("cpu")
+    """Where training runs; the FP32 model, exports and evaluation inputs stay on the CPU."""
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mpqbench.run"))
+    phases: dict[str, dict] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Method-specific facts worth keeping in the record (e.g. OMPQ's importance scores)."""
+    trainers: dict[str, Trainer] = field(default_factory=dict)
+
+    def fp32_model(self) -> nn.Module:
+        """A private copy of the shared FP32 starting point, in eval mode."""
+        return copy.deepcopy(self.fp32).eval()
+
+    def quant_model(self, policy: BitPolicy) -> QuantModel:
+        """A fake-quant copy of the FP32 model with ``policy`` applied (the recipe's activation quantizer)."""
+        entry = self.registry.get("quantizer", self.recipe.act_quantizer)
+        return QuantModel(self.fp32, self.layout, policy, act_quantizer=entry.build)
+
+    def trainer(self, model: nn.Module, name: str = "finetune", *, epochs: int | None = None,
+                lr: float | None = None) -> Trainer:
+        """A Trainer with the shared fine-tune recipe (SGD for the weights), for a method to extend; its
+        per-epoch loss parts go into the record under ``training[name]``."""
+        r = self.recipe
+        trainer = Trainer(model, self.data, epochs=r.qat_epochs if epochs is None else epochs,
+                          lr=r.qat_lr if lr is None else lr, weight_decay=r.qat_wd, batch_size=r.batch_size,
+                          momentum=r.momentum, seed=self.seed, device=self.device)
+        self.trainers[name] = trainer
+        return trainer
+
+    def finetune(self, model: BitPolicy | QuantModel, *, epochs: int | None = None,
+                 losses: dict[str, LossFn] | None = None) -> QuantModel:
+        """The shared fine-tune recipe (LSQ QAT from the FP32 checkpoint), with optional extra loss terms."""
+        qmodel = self.quant_model(model) if isinstance(model, BitPolicy) else model
+        trainer = self.trainer(qmodel, epochs=epochs)
+        for name, fn in (losses or {}).items():
+            trainer.add_loss(name, fn)
+        if trainer.epochs and not qmodel.is_float:
+            trainer.fit()
+        return qmodel.eval()
+
+    def kd(self, temperature: float = 4.0) -> LossFn:
+        """Distillation from this run's FP32 model (a loss term for :meth:`Trainer.add_loss`)."""
+        teacher = self.fp32_model().to(self.device).to(memory_format=torch.channels_last)
+        return kd(teacher, temperature)
+
+    @contextmanager
+    def measure(self, phase: str):
+        """Time a sub-phase (e.g. a method's feature extraction) into the record's phase table."""
+        with measure(self.phases, phase):
+            yield
+
+    @contextmanager
+    def searching(self):
+        """Book search work a method does inside ``train`` as search time (phase ``train:search``)."""
+        with measure(self.phases, "train:search"):
+            yield

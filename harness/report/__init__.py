@@ -1,0 +1,1 @@
+"""Reading results: leaderboards (tables, plots) built from run records."""
