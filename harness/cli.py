@@ -85,9 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", parents=[common], help="tables from the run records")
     _results(board)
-    board.add_argument("--format", choices=["md", "csv", "json"], default="md")
-    board.add_argument("--write", metavar="DIR", help="write leaderboard.{md,csv,json,png} into DIR")
+    board.add_argument("--format", choices=["text", "md", "csv", "json", "latex"], default="text",
+                       help="text (default: ranked tables that fit 120 columns, with a legend), md, csv or json (with "
+                            "provenance), latex (booktabs)")
+    board.add_argument("--write", metavar="DIR",
+                       help="write leaderboard.{md,csv,json,svg,png} and bitmaps/ (bits per layer) into DIR")
     board.add_argument("--stale", action="store_true", help="show records of older method code as rows of their own")
+    board.add_argument("--columns", metavar="KEYS", help="columns to show, e.g. method,top1,size, or changes to the "
+                       "default, e.g. +train,-bitops (an unknown key lists the known ones)")
+    board.add_argument("--sort", metavar="KEY[:asc|desc]", help="order rows within each group (default: rank)")
+    board.add_argument("--wide", action="store_true", help="every column, no width limit")
+    for name in ("model", "dataset", "method", "budget"):
+        board.add_argument(f"--{name}", f"--{name}s", dest=name, type=_csv, metavar="NAMES",
+                           help=f"only these {name}s (comma list)" + (", by label or name" if name == "method" else ""))
+
+    publish = sub.add_parser("publish", parents=[common], help="a static web site (tables, plots, records) of results")
+    publish.add_argument("out_dir", metavar="OUT_DIR")
+    publish.add_argument("--results", "--out", dest="results", action="append", metavar="DIR",
+                         help="results folder holding runs/ (repeat for several; default results)")
+    publish.add_argument("--title", default="mpqbench leaderboard")
+    publish.add_argument("--stale", action="store_true", help="show records of older method code as rows of their own")
+
+    compare = sub.add_parser("compare", parents=[common],
+                             help="two result folders (or two methods of one) side by side, paired over seeds")
+    compare.add_argument("a", metavar="A", help="results folder")
+    compare.add_argument("b", metavar="B", nargs="?", help="second results folder (or use --methods)")
+    compare.add_argument("--methods", type=_csv, metavar="X,Y", help="compare two methods (labels) within A")
+    compare.add_argument("--metric", default="top1", help="top1 (default), int_top1, drop, size_mb, bitops_g, ...")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test")
+    compare.add_argument("--format", choices=["text", "json"], default="text")
 
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins and what they provide")
 
@@ -177,20 +203,52 @@ def _store(folder: str):
 
 
 def cmd_leaderboard(args, registry) -> int:
-    from mpqbench.report import leaderboard
+    from mpqbench.report import latex, leaderboard, provenance, terminal
+    from mpqbench.report.columns import select
 
-    df = leaderboard.table(_store(args.results).records(), stale=args.stale)
+    records = list(_store(args.results).records())
+    df = leaderboard.table(records, stale=args.stale)
+    if not df.empty:
+        df = select(df, model=args.model, dataset=args.dataset, method=args.method, budget=args.budget)
     if args.write:
         if df.empty:
             raise UserError(f"no finished or failed runs in {args.results}/runs: nothing to write")
-        for path in leaderboard.write(df, Path(args.write)):
+        for path in leaderboard.write(df, Path(args.write), records=records):
             print(f"wrote {path}", file=sys.stderr)
+    elif args.format == "text":
+        print(terminal.render(df, args.columns, args.sort, args.wide), end="")
     elif args.format == "md":
         print(leaderboard.markdown(df))
     elif args.format == "csv":
-        print(df.to_csv(index=False), end="")
+        print(provenance.to_csv(df), end="")
+    elif args.format == "latex":
+        print(latex.render(df, args.columns, args.sort), end="")
     else:
-        print(df.to_json(orient="records", indent=1))
+        print(provenance.to_json(df))
+    return 0
+
+
+def cmd_publish(args, registry) -> int:
+    from mpqbench.report import site
+
+    for path in site.publish(args.out_dir, args.results or ["results"], title=args.title, stale=args.stale):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args, registry) -> int:
+    from mpqbench.report import compare
+
+    if (args.b is None) == (args.methods is None):
+        raise UserError("compare takes two results folders (A B) or one folder and --methods X,Y")
+    if args.methods is not None:
+        if len(args.methods) != 2:
+            raise UserError(f"--methods takes two method labels, not {len(args.methods)}")
+        result = compare.methods(_store(args.a).records(), *args.methods, metric=args.metric, alpha=args.alpha)
+    else:
+        result = compare.folders(_store(args.a).records(), _store(args.b).records(), (args.a, args.b),
+                                 metric=args.metric, alpha=args.alpha)
+    print(compare.render(result) if args.format == "text" else compare.to_json(result), end="")
     return 0
 
 
@@ -285,16 +343,20 @@ def cmd_bench(args, registry) -> int:
     return registry.get("benchmark", args.name).run(args.args, registry)
 
 
-COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plugins": cmd_plugins, "policy": cmd_policy,
+COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "publish": cmd_publish, "compare": cmd_compare,
+            "plugins": cmd_plugins, "policy": cmd_policy,
             "verify": cmd_verify, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(name)s: %(message)s", force=True,
-                        handlers=[RichHandler(console=CONSOLE, show_time=False, show_path=False,
-                                              markup=False, rich_tracebacks=False)])
+    # on a terminal, log lines go through rich (above the progress bar, never tearing it); elsewhere one plain
+    # line per record, never wrapped
+    handler = RichHandler(console=CONSOLE, show_time=False, show_path=False, markup=False) \
+        if CONSOLE.is_terminal else logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s" if CONSOLE.is_terminal else "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format=fmt,
+                        force=True, handlers=[handler])
     try:
         from mpqbench.plugin.registry import load_registry
 

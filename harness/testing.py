@@ -21,7 +21,7 @@ from mpqbench.pipeline.jobs import CellJob, CheckpointJob
 from mpqbench.pipeline.preflight import load_data, preflight
 from mpqbench.pipeline.record import RunRecord
 from mpqbench.pipeline.spec import Component, RunSpec
-from mpqbench.pipeline.stages import build_context
+from mpqbench.pipeline.stages import build_context, execute
 from mpqbench.plugin.registry import Registry, load_registry
 from mpqbench.train.checkpoints import Checkpoint
 from mpqbench.train.recipe import get_recipe
@@ -64,9 +64,10 @@ def run_cell(registry: Registry, cache: Path, method: str, *, targets: tuple[str
     plan = _ready(registry, cache, spec)
     m = registry.method(spec.method.name)
     fingerprint = registry.fingerprint(m)
-    job = CellJob(spec, plan, spec.run_id(fingerprint), spec.method.label(m.params), fingerprint,
-                  tuple(Component.parse(t, registry.target) for t in targets), str(cache))
-    return job()
+    record = CellJob(spec, plan, spec.run_id(fingerprint), spec.method.label(m.params), fingerprint).new_record()
+    artifacts = execute(record, spec, plan, registry, cache, data_root=None, deploy_images=256, device="cpu",
+                        targets=[Component.parse(t, registry.target) for t in targets])
+    return record, artifacts
 
 
 @pytest.fixture(scope="session")

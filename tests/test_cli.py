@@ -18,7 +18,7 @@ TINY = ["--models", "small-cnn", "--datasets", "digits", "--recipe", "tiny", "--
     (["run", "--methods", "uniform", "--budgets", "avg_bits=0.5", *TINY], "infeasible"),
     (["run", "--methods", "uniform", *TINY], "needs a budget"),
     (["run", "--methods", "uniform:q=3", *TINY], "no parameter 'q'"),
-    (["run", "--methods", "uniform:w=four", *TINY], "not a valid"),
+    (["run", "--methods", "uniform:w=four", *TINY], "is not a number or none"),
     (["run", "--methods", "ompq:allocation=best", "--budgets", "size_mb=w4", *TINY], "is not one of orm, greedy"),
     (["run", "--methods", "uniform:w=4", "--recipe", "nope", "--models", "small-cnn"], "unknown recipe"),
     (["run", "--methods", "uniform:w=4", "--set", "epochs=3", *TINY], "unknown recipe field"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from mpqbench.integer.shapes import LayerShape, layer_shapes
 from mpqbench.quant.layout import QuantLayout
 from mpqbench.quant.policy import BitPolicy
 
@@ -20,18 +20,11 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One conv/linear layer: weights, MACs per image, and the shape a hardware cost model needs (a linear
-    layer is a 1x1 conv on a 1x1 input)."""
+    """One conv/linear layer: weights, MACs per image, and its geometry (what a hardware cost model needs)."""
 
     params: int
     macs: int
-    in_channels: int = 0
-    out_channels: int = 0
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    groups: int = 1
-    in_hw: tuple[int, int] = (1, 1)
-    out_hw: tuple[int, int] = (1, 1)
+    shape: LayerShape | None = None
 
 
 class CostModel:
@@ -41,35 +34,10 @@ class CostModel:
 
     @classmethod
     def measure(cls, model: nn.Module, layout: QuantLayout, input_shape: tuple[int, int, int]) -> "CostModel":
-        """Count each layer's weights and its MACs for one input of ``input_shape`` (C, H, W)."""
-        modules = dict(model.named_modules())
-        found: dict[str, LayerCost] = {}
-        hooks = []
-        for name in layout.layers:
-            module = modules[name]
-
-            def hook(mod, inputs, output, name=name):
-                per_output = mod.weight[0].numel()  # in_channels/groups * kh * kw, or in_features
-                shape = {}
-                if isinstance(mod, nn.Conv2d):
-                    shape = dict(in_channels=mod.in_channels, out_channels=mod.out_channels,
-                                 kernel=tuple(mod.kernel_size), stride=tuple(mod.stride), groups=mod.groups,
-                                 in_hw=tuple(inputs[0].shape[-2:]), out_hw=tuple(output.shape[-2:]))
-                elif isinstance(mod, nn.Linear):
-                    shape = dict(in_channels=mod.in_features, out_channels=mod.out_features)
-                found[name] = LayerCost(mod.weight.numel(), int(output[0].numel() * per_output), **shape)
-
-            hooks.append(module.register_forward_hook(hook))
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, *input_shape))
-        finally:
-            model.train(was_training)
-            for h in hooks:
-                h.remove()
-        return cls({n: found[n] for n in layout.layers}, layout)
+        """Each layer's weights, MACs and geometry for one input of ``input_shape`` (C, H, W), by one forward
+        pass (:func:`mpqbench.integer.shapes.layer_shapes`, the record the targets read as well)."""
+        shapes = layer_shapes(model, input_shape)
+        return cls({n: LayerCost(shapes[n].params, shapes[n].macs, shapes[n]) for n in layout.layers}, layout)
 
     @property
     def total_params(self) -> int:

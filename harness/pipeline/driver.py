@@ -90,7 +90,9 @@ def sweep(cfg: SweepConfig, registry, cache: Path, disabled: frozenset[str] = fr
     store = RunStore(cfg.out)
     if not dry_run:
         store.check_writable()
-    executor = registry.get("executor", cfg.executor or ("process" if cfg.jobs > 1 else "local"))
+    chosen = cfg.executor or ("process" if cfg.jobs > 1 else "local")  # name:key=value, as a method's parameters
+    chosen = Component.parse(chosen, lambda name: registry.get("executor", name), cfg.params.get(chosen.split(":")[0]))
+    executor = registry.get("executor", chosen.name)
     common = dict(cache=str(cache), data_root=cfg.data_root, disabled=frozenset(disabled))
     outcomes: list[Outcome] = []
     cells: list[CellJob] = []
@@ -123,9 +125,9 @@ def sweep(cfg: SweepConfig, registry, cache: Path, disabled: frozenset[str] = fr
             cells.append(cell)
     checkpoints = _checkpoints(cells, registry, cache, cfg)
     if dry_run:
-        _print_plan(specs, cells, deploys, checkpoints, outcomes, console or Console())
+        _print_plan(specs, cells, deploys, checkpoints, outcomes)
         return outcomes
-    _run(executor, cfg, store, cells, deploys, checkpoints, outcomes, console, show_progress)
+    _run(executor, chosen.kwargs, cfg, store, cells, deploys, checkpoints, outcomes, console, show_progress)
     return outcomes
 
 
@@ -147,22 +149,22 @@ def _checkpoints(cells: list[CellJob], registry, cache: Path, cfg: SweepConfig) 
     return found
 
 
-def _print_plan(specs, cells, deploys, checkpoints, outcomes, console: Console) -> None:
+def _print_plan(specs, cells, deploys, checkpoints, outcomes) -> None:
     todo = {c.run_id for c in cells}
     rows = [(c.run_id, c.label, c.spec.model, c.spec.dataset, c.spec.budget.text if c.spec.budget else "-",
              c.spec.seed, "to run") for c in cells]
     rows += [(o.id, o.label, "", "", "", "", {"cached": "done", "kept-failed": "failed (kept; --retry-failed)",
                                                 "failed": f"refused: {o.error}"}[o.status])
              for o in outcomes if o.id not in todo]
-    console.print(tabulate(rows, headers=["run", "method", "model", "dataset", "budget", "seed", "state"]),
-                  markup=False, highlight=False)
+    print(tabulate(rows, headers=["run", "method", "model", "dataset", "budget", "seed", "state"]))
     for ckpt, problem, _, _ in checkpoints.values():
-        console.print(f"{ckpt.label}: {'to train (' + problem + ')' if problem else 'cached'}", markup=False)
-    console.print(f"{len(specs)} cells: {len(cells)} to run, {len(deploys)} finished runs to deploy on targets, "
-                  f"{sum(1 for c in checkpoints.values() if c[1])} FP32 checkpoints to train", markup=False)
+        print(f"{ckpt.label}: {'to train (' + problem + ')' if problem else 'cached'}")
+    print(f"{len(specs)} cells: {len(cells)} to run, {len(deploys)} finished runs to deploy on targets, "
+          f"{sum(1 for c in checkpoints.values() if c[1])} FP32 checkpoints to train")
 
 
-def _run(executor, cfg, store: RunStore, cells, deploys, checkpoints, outcomes, console, show_progress) -> None:
+def _run(executor, params, cfg, store: RunStore, cells, deploys, checkpoints, outcomes, console,
+         show_progress) -> None:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     progress_logger = logging.getLogger("mpqbench.progress")
@@ -174,7 +176,7 @@ def _run(executor, cfg, store: RunStore, cells, deploys, checkpoints, outcomes, 
         try:
             train = [entry for entry in checkpoints.values() if entry[1]]
             blocked: dict[str, str] = {}
-            for i, result in executor.run([entry[2] for entry in train], cfg.jobs, {}):
+            for i, result in executor.run([entry[2] for entry in train], cfg.jobs, params):
                 if isinstance(result, Exception):
                     error = f"FP32 checkpoint failed: {type(result).__name__}: {result}"
                     blocked.update(dict.fromkeys(train[i][3], error))
@@ -190,7 +192,7 @@ def _run(executor, cfg, store: RunStore, cells, deploys, checkpoints, outcomes, 
                     jobs[k].spec.describe(running[k]) if isinstance(jobs[k], CellJob) else f"deploy {jobs[k].run_id}"
                     for k in sorted(running)))
 
-            for i, result in executor.run(jobs, cfg.jobs, {}, on_start=started):
+            for i, result in executor.run(jobs, cfg.jobs, params, on_start=started):
                 running.pop(i, None)
                 outcome = _finish(jobs[i], result, store)
                 outcomes[:] = [o for o in outcomes if o.id != outcome.id] + [outcome]

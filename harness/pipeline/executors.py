@@ -1,9 +1,11 @@
 """The built-in executors (registered by :mod:`mpqbench.plugin.core`): ``local`` runs jobs
 one after another in this process; ``process`` runs them in a pool of worker processes.
 
-The process pool survives its workers: when one dies (SIGKILL, the out-of-memory killer), every job that was
-in flight is retried once in a fresh pool, and a job in flight when a worker dies a second time is reported
-as :class:`~mpqbench.errors.WorkerDied` (the driver records that cell as failed and goes on). Workers ignore
+The process pool survives its workers: when one dies (SIGKILL, the out-of-memory killer), the pool breaks
+and takes every job in flight with it. Each worker reports which job it starts, so the job whose worker was
+killed is known (the others' workers were only terminated by the broken pool, SIGTERM): it is retried once,
+and reported as :class:`~mpqbench.errors.WorkerDied` if its worker dies again (the driver records that cell
+as failed and goes on); the other jobs in flight are simply run again in a fresh pool. Workers ignore
 SIGINT; on Ctrl-C the driver closes the generator, which cancels what has not started and terminates the
 workers, so nothing runs on after the interrupt. Workers' log records travel through a queue to the
 driver's handlers (one console, one progress bar).
@@ -14,6 +16,8 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
+import os
+import queue as queue_module
 import signal
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,11 +45,22 @@ class LocalExecutor(Executor):
             yield i, result
 
 
-def _worker_init(queue, level: int) -> None:
+_STARTS = None
+
+
+def _worker_init(queue, starts, level: int) -> None:
+    global _STARTS
+    _STARTS = starts
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
     root.setLevel(level)
+
+
+def _tracked(index: int, job):
+    """Run a job in a worker, saying first which process runs it."""
+    _STARTS.put((index, os.getpid()))
+    return job()
 
 
 class _Relay(logging.Handler):
@@ -60,22 +75,24 @@ class ProcessExecutor(Executor):
 
     def run(self, jobs, workers, params, on_start=None):
         ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
+        queue, starts = ctx.Queue(), ctx.Queue()
         listener = logging.handlers.QueueListener(queue, _Relay())
         listener.start()
         pending, strikes = deque(range(len(jobs))), Counter()
         try:
             while pending:
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                           initargs=(queue, logging.getLogger().getEffectiveLevel()))
+                                           initargs=(queue, starts, logging.getLogger().getEffectiveLevel()))
                 running: dict = {}
+                processes: dict = {}
                 try:
                     while pending or running:
                         while pending and len(running) < workers:
                             i = pending.popleft()
-                            running[pool.submit(jobs[i])] = i
+                            running[pool.submit(_tracked, i, jobs[i])] = i
                             if on_start:
                                 on_start(i)
+                        processes.update(getattr(pool, "_processes", None) or {})
                         done, _ = wait(running, return_when=FIRST_COMPLETED)
                         for future in done:
                             try:
@@ -86,7 +103,11 @@ class ProcessExecutor(Executor):
                                 result = exc
                             yield running.pop(future), result
                 except BrokenProcessPool:
+                    killed = _killed_jobs(starts, processes, set(running.values()))
                     for i in sorted(running.values()):
+                        if i not in killed:
+                            pending.appendleft(i)
+                            continue
                         strikes[i] += 1
                         if strikes[i] >= STRIKES:
                             yield i, WorkerDied(f"a worker process died {strikes[i]} times while running this job "
@@ -99,6 +120,23 @@ class ProcessExecutor(Executor):
                     _stop(pool)
         finally:
             listener.stop()
+
+
+def _killed_jobs(starts, processes: dict, running: set[int]) -> set[int]:
+    """The jobs in flight whose worker died by itself (not terminated by the broken pool); every job in
+    flight when that cannot be told (a worker that died before reporting its job)."""
+    pid_of = {}
+    while True:
+        try:
+            index, pid = starts.get(timeout=0.2)
+        except queue_module.Empty:
+            break
+        pid_of[index] = pid
+    for proc in processes.values():
+        proc.join(timeout=5)
+    killed = {i for i in running if i in pid_of and pid_of[i] in processes
+              and processes[pid_of[i]].exitcode not in (None, 0, -signal.SIGTERM)}
+    return killed or set(running)
 
 
 def _describe(job) -> str:

@@ -71,8 +71,10 @@ def coerce(owner: str, declared: Mapping[str, Any], raw: Mapping[str, Any]) -> d
                 out[key] = None if value.lower() == "none" else _number(value)
             else:
                 out[key] = type(default)(value)
-        except ValueError:
-            raise UserError(f"{owner}: parameter {key}={value!r} is not a valid {type(default).__name__}") from None
+        except (TypeError, ValueError):
+            what = {bool: "true or false", tuple: "a list of integers (4/8 or 2-8)", int: "an integer",
+                    float: "a number", str: "a string", type(None): "a number or none"}[type(default)]
+            raise UserError(f"{owner}: parameter {key}={value!r} is not {what}") from None
     return out
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from mpqbench.integer.model import IntegerModel, Op, TensorInfo
+from mpqbench.integer.shapes import op_shape
 
 VERSION = 1
 MODEL_MAGIC = b"MPQARMRT"
@@ -191,7 +192,7 @@ def _conv_layout(imodel: IntegerModel, op: Op, inp: TensorLayout, out: TensorLay
     """The kernel of a conv/linear op: sdot (direct from >= 16 input channels, else im2col) for
     groups = 1, the depthwise kernel, or the scalar fallback for other grouped convs."""
     o, cg, kh, kw = _conv_shape(imodel, op, inp)
-    macs = out.h * out.w * o * cg * kh * kw
+    macs = op_shape(imodel, op).macs
     groups = op.attrs.get("groups", 1)
     if groups == 1:
         if cg * kh * kw > MAX_SDOT_K:

@@ -72,13 +72,16 @@ class GuestError(RuntimeError):
 def unavailable() -> str | None:
     """None when the target can run here, else one line saying what is missing and how to get it.
 
-    Needs ``qemu-aarch64`` (to run), ``aarch64-linux-gnu-gcc`` (to cross-compile kernels) and a host
-    ``gcc`` (to build the plugin).  A QEMU of 9.0 or newer is refused too: it dropped the plugin API v1
-    inline counters this plugin is written for (the plugin itself also checks, at load time).
+    Needs ``qemu-aarch64`` (to run), ``aarch64-linux-gnu-gcc`` with the aarch64 C library headers (to
+    cross-compile kernels) and a host ``gcc`` (to build the plugin).  A QEMU of 9.0 or newer is refused too:
+    it dropped the plugin API v1 inline counters this plugin is written for (the plugin itself also checks,
+    at load time).
     """
     for tool in (QEMU, CROSS_CC, HOST_CC):
         if shutil.which(tool) is None:
             return f"arm-qemu: {tool} not found ({_INSTALL_HINT[tool]})"
+    if not _cross_libc():
+        return ("arm-qemu: the aarch64 C library headers are missing (apt-get install libc6-dev-arm64-cross)")
     try:
         version = qemu_version()
     except (OSError, subprocess.SubprocessError) as exc:
@@ -88,6 +91,14 @@ def unavailable() -> str | None:
         return (f"arm-qemu: {QEMU} {version.split('version ')[-1]} has no plugin API v1 "
                 "(needs QEMU 7.2, e.g. Debian 12 qemu-user)")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cross_libc() -> bool:
+    """Whether the cross compiler finds the C library headers (Debian's libc6-dev-arm64-cross)."""
+    probe = subprocess.run([CROSS_CC, "-E", "-x", "c", "-", "-o", os.devnull], input="#include <stdio.h>\n",
+                           capture_output=True, text=True, timeout=60)
+    return probe.returncode == 0
 
 
 @functools.lru_cache(maxsize=None)
