@@ -146,3 +146,43 @@ def test_targets_get_columns_and_verify_catches_a_wrong_one(plugin_path, tmp_pat
     again = run_cli("run", "--methods", "example-half", "--targets", "example-exact,example-wrong", "--out",
                     str(out), *TINY, env=env)
     assert "(1 reused)" in again.stderr and "example-wrong bit-exact" in again.stdout
+
+
+def test_the_same_run_id_gives_the_same_result_with_one_or_two_jobs(tmp_path):
+    """Every job trains with the recipe's thread count, whatever --jobs is: same id, same numbers."""
+    results = {}
+    for jobs in ("1", "2"):
+        out, cache = tmp_path / f"res{jobs}", tmp_path / f"cache{jobs}"
+        done = run_cli("run", "--methods", "fp32,uniform:w=4,uniform:w=3", "--jobs", jobs, "--out", str(out), *TINY,
+                       env={"MPQBENCH_CACHE": str(cache)})
+        assert done.returncode == 0, done.stderr
+        results[jobs] = {k: (r["metrics"]["top1"], r["metrics"].get("int_top1"), r["environment"]["torch_threads"])
+                         for k, r in _records(out).items()}
+    assert results["1"] == results["2"] and len(results["1"]) == 3
+
+
+def test_stale_code_is_never_averaged_with_current_code(plugin_path, tmp_path):
+    out = tmp_path / "res"
+    assert run_cli("run", "--methods", "example-half", "--out", str(out), *TINY, env=_env(plugin_path)).returncode == 0
+    (record,) = _records(out).values()
+    old = {**record, "id": "0ld" + record["id"][3:], "plugin": {**record["plugin"], "source": "0" * 16},
+           "finished": "2000-01-01T00:00:00+00:00", "metrics": {**record["metrics"], "top1": 10.0}}
+    (out / "runs" / f"{old['id']}.json").write_text(json.dumps(old))
+    board = run_cli("leaderboard", "--results", str(out), "--format", "csv").stdout.splitlines()
+    assert len(board) == 2 and ",1," in board[1] and "10.0" not in board[1]  # one seed, the current code's
+    shown = run_cli("leaderboard", "--results", str(out))
+    assert "1 stale record(s) hidden" in shown.stdout
+    both = run_cli("leaderboard", "--results", str(out), "--stale", "--format", "csv").stdout.splitlines()
+    assert len(both) == 3 and any("stale code 0000000000000000" in line for line in both)
+
+
+def test_a_single_module_plugin_hashes_its_own_file_only(plugin_path, tmp_path):
+    from mpqbench.plugin.fingerprint import source_hash
+
+    code = ("import sys; sys.path.insert(0, {!r}); from mpqbench.plugin.fingerprint import source_hash; "
+            "print(source_hash('mpqbench_example_plugin'))").format(plugin_path)
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    (Path(plugin_path) / "unrelated_module.py").write_text("x = 1\n")  # installing something else beside it
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert first == second and len(first.strip()) == 16
+    assert source_hash("mpqbench.plugins.arm_qemu") != source_hash("mpqbench.plugins.ompq")
