@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # Every file the tests build or run with must come from these packages or their dependencies
 # (tests/test_packaging.py checks it on Debian).
 APT_PACKAGES := dataset-fashion-mnist qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc libc6-dev \
-	llvm-14 verilator g++ make
+	llvm-14 verilator g++ make chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt demo test
@@ -26,14 +26,14 @@ apt:
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,ray,slurm]'
 	touch $(STAMP)
 
 setup: apt $(STAMP)
 
 demo: setup
 	$(VENV)/bin/mpqbench run --recipe quick --models resnet20 --datasets fashion-mnist \
-		--methods fp32,uniform:w=8,uniform:w=4,uniform:w=2 --targets arm-qemu --out results/demo
+		--methods fp32,uniform:w=8,uniform:w=4,uniform:w=2 --targets arm-qemu --jobs 2 --out results/demo
 
 test: setup
 	$(VENV)/bin/pytest -n auto -q

@@ -174,10 +174,19 @@ def test_published_records_of_schema_1_load_and_the_leaderboard_is_unchanged():
     store = RunStore(PUBLISHED)
     records = list(store.records())
     assert len(records) == len(list((PUBLISHED / "runs").glob("*.json"))) and records
-    assert {r.schema for r in records} == {1}
-    assert all(r.searched_policy == r.policy for r in records)
+    schema_1 = [r for r in records if json.loads(store.path(r.id).read_text())["schema"] == 1]
+    assert all(r.searched_policy == r.policy and r.schema == 2 for r in schema_1)
     table = leaderboard.table(records)
     assert leaderboard.markdown(table) + "\n" == (PUBLISHED / "leaderboard.md").read_text()
+
+
+def test_a_schema_1_record_reads_as_schema_2():
+    old = {"schema": 1, "id": "a", "status": "done", "label": "ompq", "spec": {"seed": 0}, "plugin": {},
+           "started": "", "policy": {"conv1": [8, 8]}, "layers": {}, "metrics": {"top1": 90.0}, "phases": {},
+           "extra": {}, "finished": "", "environment": {}, "targets": {}}
+    record = RunRecord.from_json(old)
+    assert record.schema == 2 and record.searched_policy == record.policy == {"conv1": [8, 8]}
+    assert record.training == {} and record.search_seconds is None
 
 
 def test_records_round_trip_and_unknown_schemas_are_refused():

@@ -60,8 +60,8 @@ class RunRecord:
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
         record = cls(**data)
-        if record.schema == 1:
-            record.searched_policy = record.policy
+        if record.schema == 1:  # read as schema 2: written back (verify --update), it is a schema-2 record
+            record.searched_policy, record.schema = record.policy, SCHEMA
         return record
 
     def to_json(self) -> dict[str, Any]:
