@@ -7,6 +7,7 @@ scikit-learn's bundled copy, CIFAR-10 from a folder the user already has.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,22 +26,24 @@ FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-ima
 
 
 def fashion_mnist(root: str | None, cache: Path) -> DataSplits:
-    """Debian's IDX files, unpacked once into the cache and read with torchvision's loader."""
+    """Debian's IDX files (or ``root``'s), unpacked once into the cache (one folder per source) and read
+    with torchvision's loader."""
     src = Path(root or FASHION_MNIST_DIR)
-    raw = cache / "FashionMNIST" / "raw"
+    base = cache / f"fashion-mnist-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]}"  # per source
+    raw = base / "FashionMNIST" / "raw"
     for name in FASHION_FILES:
-        if (raw / name).exists():
-            continue
         gz = src / f"{name}.gz"
-        if not gz.exists() and not (src / name).exists():
+        if not gz.exists() and not (src / name).exists():  # checked even when unpacked: the source is the truth
             raise UserError(f"Fashion-MNIST not found in {src} (apt-get install dataset-fashion-mnist, "
                             "or pass --data-root DIR with its IDX files)")
+        if (raw / name).exists():
+            continue
         raw.mkdir(parents=True, exist_ok=True)
         tmp = raw / f".{name}.{os.getpid()}"
         tmp.write_bytes(gzip.decompress(gz.read_bytes()) if gz.exists() else (src / name).read_bytes())
         os.replace(tmp, raw / name)
-    train = FashionMNIST(str(cache), train=True, download=False)
-    test = FashionMNIST(str(cache), train=False, download=False)
+    train = FashionMNIST(str(base), train=True, download=False)
+    test = FashionMNIST(str(base), train=False, download=False)
     return make_splits("fashion-mnist", train.data, train.targets, test.data, test.targets, classes=10,
                        val_size=5000, calib_size=1024, augment=Augment(pad=2, flip=True))
 
