@@ -55,6 +55,7 @@ def _worker_init(queue, starts, level: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
     root.setLevel(level)
+    logging.getLogger("mpqbench.progress").setLevel(logging.INFO)  # FP32 epochs reach the driver's bar
 
 
 def _tracked(index: int, job):
