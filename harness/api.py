@@ -9,7 +9,7 @@ labels rows with every parameter that differs from its default.
 """
 
 from mpqbench.data.splits import ImageShape
-from mpqbench.errors import Unavailable, UserError
+from mpqbench.errors import Unavailable, UserError, WorkerDied
 from mpqbench.plugin.hookspecs import hookimpl
 from mpqbench.plugin.objects import (
                                      Benchmark,
@@ -26,4 +26,4 @@ from mpqbench.plugin.objects import (
 from mpqbench.quant.policy import BitPolicy
 
 __all__ = ["Benchmark", "BitPolicy", "BudgetKind", "DatasetEntry", "Executor", "ImageShape", "Method", "Metric",
-           "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError", "hookimpl"]
+           "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError", "WorkerDied", "hookimpl"]

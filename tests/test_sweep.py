@@ -119,7 +119,7 @@ fp32_seed = 0
     written = run_cli("leaderboard", "--out", str(out), "--write", str(tmp_path / "board"))
     assert written.returncode == 0 and (tmp_path / "board" / "leaderboard.json").exists()
     assert (tmp_path / "board" / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
-    rows = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    rows = json.loads((tmp_path / "board" / "leaderboard.json").read_text())["rows"]
     assert {r["seeds"] for r in rows} == {2}
     policy = run_cli("policy", budgeted[0]["id"][:8], budgeted[1]["id"], "--out", str(out))
     assert policy.returncode == 0 and "[2] W/A" in policy.stdout

@@ -1,7 +1,8 @@
 """The reference integer executor: the oracle every hardware target is compared with, bit for bit.
 
 Integer arithmetic only, on int64 NumPy arrays, with the rounding rules of :mod:`.fixedpoint` (one
-rounding per requantisation, half toward +infinity) and the op semantics of :mod:`.model`.
+rounding per requantisation, half toward +infinity) and the op semantics of :mod:`.model` (including
+level tables: weight codes looked up before the MAC).
 Convolution sums may go through float32 or float64 matrix multiplication for speed, but only where a
 bound checked per op from the static ranges (``K * max|x - z| * max|w|`` below 2^24 or 2^53) proves
 that every partial sum is an integer the float type holds exactly; otherwise they run in int64. Every
@@ -87,7 +88,7 @@ def _float_type(imodel: IntegerModel, op: Op, k: int, w: np.ndarray):
 
 def conv(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
     x = inputs[0] - op.attrs["in_zero_point"]
-    w = imodel.weight(op)
+    w = imodel.mac_weight(op)  # the weights, or their level-table lookup (see mpqbench.integer.model)
     groups = op.attrs["groups"]
     (sh, sw), (ph, pw) = op.attrs["stride"], op.attrs["padding"]
     o, cg, kh, kw = w.shape
@@ -117,7 +118,7 @@ def conv(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
 
 def linear(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
     x = inputs[0].reshape(len(inputs[0]), -1) - op.attrs["in_zero_point"]
-    w = imodel.weight(op)
+    w = imodel.mac_weight(op)
     dtype = _float_type(imodel, op, w.shape[1], w)
     acc = _to_int(x.astype(dtype) @ w.astype(dtype).T) * (1 << op.attrs["acc_shift"]) + imodel.array(
         op, "bias").astype(np.int64)

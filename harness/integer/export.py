@@ -10,6 +10,11 @@ Because weights are quantized per output channel, folding ``k`` into the channel
 same as folding BN into the weights first and quantizing them with step ``|s_w * k|``: the integer
 weights are the ones the fine-tuned model used, and a negative ``k`` rides on the sign of the
 requantisation multiplier.
+
+Level tables: a weight quantizer that is not one uniform grid but offers ``level_table()`` (an object with
+``bits``, ``levels``: ``2^bits`` integer levels, and ``scale``: the per-channel real value of one level unit)
+and ``codes(w)`` (each weight's index into the levels) exports its codes as the packed weights and its levels
+as the op's level table (:mod:`.model`); everything downstream is computed from the looked-up levels.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def export(qmodel: QuantModel, input_shape: tuple[int, ...], meta: dict | None =
     """The integer form of ``qmodel`` (evaluated in eval mode, i.e. BN running statistics)."""
     if qmodel.is_float:
         raise ExportError("an FP32 model has no integer form")
-    mixed = qmodel.mixed_grids()
+    tables = {name for name, layer in qmodel.layers().items() if _exports_table(layer.weight_quantizer)}
+    mixed = [name for name in qmodel.mixed_grids() if name not in tables]
     if mixed:
         raise ExportError(f"not one uniform grid per layer (finalize the model first): {', '.join(mixed)}")
     return _Exporter(qmodel, input_shape).build(meta or {})
@@ -137,15 +143,26 @@ class _Exporter:
         layer = self.qmodel.layers()[name]
         quantizer = layer.weight_quantizer
         inp = self.tensors[src]
-        w_int = quantizer.integers(layer.weight.detach()).numpy()
+        codes = levels = None
+        if _exports_table(quantizer):
+            table = quantizer.level_table()
+            if table.bits != quantizer.bits:
+                raise ExportError(f"layer {name}: level table of {table.bits} bits for {quantizer.bits}-bit weights")
+            levels = table.levels.numpy().astype(np.int64)
+            codes = quantizer.codes(layer.weight.detach()).numpy()
+            w_int, s_w_real = levels[codes], table.scale
+        else:
+            w_int, s_w_real = quantizer.integers(layer.weight.detach()).numpy(), quantizer.scale()
         channels = w_int.shape[0]
-        s_w = np.broadcast_to(quantizer.scale().double().numpy(), (channels,)).copy()
+        s_w = np.broadcast_to(s_w_real.double().numpy(), (channels,)).copy()
         k = np.ones(channels)
         b = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(channels)
         if bn is not None:
             k = (bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
             b = bn.bias.detach().double().numpy() + (b - bn.running_mean.double().numpy()) * k
         dead = np.abs(k) < 1e-30  # gamma == 0: the channel is the constant b
+        if levels is not None and dead.any():
+            raise ExportError(f"layer {name}: a zero batch-norm scale cannot be exported with a level table")
         k[dead] = 1.0
         w_int[dead] = 0
         scale = inp.scale * s_w * k
@@ -163,7 +180,13 @@ class _Exporter:
                 raise ExportError(f"layer {name}: dilated or non-zero-padded convs are not supported")
         else:
             kind = "linear"
-        self.arrays[f"{name}.weight"] = pack(w_int, quantizer.bits)
+        if levels is None:
+            self.arrays[f"{name}.weight"] = pack(w_int, quantizer.bits)
+        else:
+            self.arrays[f"{name}.weight"] = pack(codes - (1 << (quantizer.bits - 1)), quantizer.bits)
+            if np.abs(levels).max(initial=0) >= 2**31:
+                raise ExportError(f"layer {name}: level table entries do not fit in int32")
+            self.arrays[f"{name}.levels"] = levels.astype(np.int32)
         self.arrays[f"{name}.bias"] = bias.astype(np.int32)
         shape = tuple(node.meta["tensor_meta"].shape[1:])
         if out is None:
@@ -240,6 +263,12 @@ class _Exporter:
         self.arrays[f"{acc_op.name}.mult"], self.arrays[f"{acc_op.name}.shift"] = mult, shift
         acc_op.attrs.update(out_zero_point=0, lo=INT32[0], hi=INT32[1])
         self.ops.append(Op(acc_op.kind, acc_op.name, acc_op.inputs, "logits", acc_op.attrs))
+
+
+def _exports_table(quantizer) -> bool:
+    """A weight quantizer that exports as a level table (module docstring)."""
+    return (not quantizer.single_grid and callable(getattr(quantizer, "level_table", None))
+            and callable(getattr(quantizer, "codes", None)))
 
 
 def _headroom(w_int: np.ndarray, inp: TensorInfo, bias_units: float) -> int | None:

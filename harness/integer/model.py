@@ -17,6 +17,14 @@ Ops (``attrs`` / arrays):
   output: ``y = clamp(rounding_shift(acc * mult, shift) + z_out, lo, hi)`` with per-channel int32
   ``mult``/``shift`` (ReLU/ReLU6 are the clamp bounds).
 * ``linear``: the same with ``w_shape`` (O, I) on the flattened input.
+* **Level tables** (optional, per conv/linear op): an array ``levels`` of ``2^w_bits`` integers makes the
+  weights non-uniform. The packed ``weight`` values are then codes, not weights: the signed ``w_bits``-bit
+  value ``v`` stored for an element selects ``levels[v + 2^(w_bits - 1)]``, and that integer level is the
+  weight in the sum above (everything after it, including ``acc_shift`` and the requantisation, is
+  unchanged; the per-channel weight scale folded into ``mult`` is the real value of one level unit). A
+  method with learned, non-uniform levels (DDQ) exports them this way, the levels being fixed-point
+  numbers at a scale the method chooses. :meth:`IntegerModel.mac_weight` applies the table; a target that
+  cannot must refuse the model (``has_level_tables``) rather than run the codes as weights.
 * ``add``: ``t_i = rounding_shift((v_i) * mult_i, shift_i)`` for both inputs, ``v`` an accumulator or
   ``x - z``, each rescaled to the output scale times ``2^frac_bits``; then ``y = clamp(rounding_shift(
   t_a + t_b, frac_bits) + z_out, lo, hi)``.
@@ -81,6 +89,7 @@ class IntegerModel:
         self.output = output
         self.meta = meta or {}
         self._weights: dict[str, np.ndarray] = {}
+        self._mac_weights: dict[str, np.ndarray] = {}
 
     def array(self, op: Op, key: str) -> np.ndarray:
         return self.arrays[f"{op.name}.{key}"]
@@ -92,6 +101,29 @@ class IntegerModel:
             values = unpack(self.array(op, "weight"), op.attrs["w_bits"], int(np.prod(shape)))
             self._weights[op.name] = values.reshape(shape)
         return self._weights[op.name]
+
+    def levels(self, op: Op) -> np.ndarray | None:
+        """The op's level table (``2^w_bits`` integers), or None for plain uniform integer weights."""
+        return self.arrays.get(f"{op.name}.levels")
+
+    @property
+    def has_level_tables(self) -> bool:
+        """Whether any op's weights are codes into a level table (see the module docstring)."""
+        return any(k.endswith(".levels") for k in self.arrays)
+
+    def mac_weight(self, op: Op) -> np.ndarray:
+        """The integer weights the MAC uses: :meth:`weight`, looked up in the op's level table if it has one
+        (int64 then; cached)."""
+        table = self.levels(op)
+        if table is None:
+            return self.weight(op)
+        if op.name not in self._mac_weights:
+            bits = op.attrs["w_bits"]
+            if table.shape != (1 << bits,):
+                raise ValueError(f"{op.name}: level table has {table.shape} entries, not 2^{bits}")
+            codes = self.weight(op).astype(np.int64) + (1 << (bits - 1))
+            self._mac_weights[op.name] = table.astype(np.int64)[codes]
+        return self._mac_weights[op.name]
 
     @property
     def input_info(self) -> TensorInfo:

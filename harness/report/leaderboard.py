@@ -1,10 +1,18 @@
-"""Leaderboard tables from run records (pandas + tabulate): Markdown, CSV and JSON, plus a plot.
+"""Leaderboard tables from run records (pandas + tabulate): the numeric table every view reads, its Markdown
+form, and the files ``--write`` makes.
 
 One row per (method with its parameters, model, data set, recipe, budget, method code): numbers are mean
-+- std over the distinct seeds that finished, with their count; failed runs are counted and their first
-error shown. Records made by older code of a method than the newest for the same row (their plugin
-fingerprint differs; run ids hash it) are *stale*: never averaged with the current ones, hidden unless
-asked for (``stale=True``), and counted in a note.
++- std over the distinct seeds that finished, with their count and the half-width of their 95% confidence
+interval (``<metric>_ci95``); failed runs are counted and their first error shown. Each row also carries its
+provenance: the run ids (with seeds and statuses), the git commits and mpqbench versions that made them, a
+one-line environment per machine, the method's code version, the number of test images. Records made by
+older code of a method than the newest for the same row (their plugin fingerprint differs; run ids hash
+it) are *stale*: never averaged with the current ones, hidden unless asked for (``stale=True``), and counted
+in a note.
+
+The views live beside this module: :mod:`.terminal` (ranked, 120 columns), :mod:`.provenance` (JSON/CSV),
+:mod:`.latex`, :mod:`.plots` and :mod:`.bitmaps` (figures), :mod:`.site` (``mpqbench publish``),
+:mod:`.compare` (``mpqbench compare``); :mod:`.columns` holds what they share.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from mpqbench.pipeline.record import RunRecord
 from mpqbench.train.recipe import recipe_label
@@ -39,7 +48,11 @@ def flatten(record: RunRecord) -> dict:
     row = {"method": record.label, "model": spec["model"], "dataset": spec["dataset"],
            "recipe": recipe_label(spec["recipe"]), "budget": spec["budget"] or "-", "seed": spec["seed"],
            "status": record.status, "error": record.error, "id": record.id, "code": record.plugin.get("source"),
-           "finished": record.finished or ""}
+           "finished": record.finished or "", "plugin_version": record.plugin.get("version"),
+           "commit": record.environment.get("git_commit"), "mpqbench_version": record.environment.get("mpqbench"),
+           "environment": environment_text(record.environment), "test_images": record.metrics.get("test_images"),
+           "fp32_top1": record.metrics.get("fp32_top1", np.nan),
+           "budget_value": (record.budget or {}).get("value", np.nan)}
     row.update({k: record.metrics.get(k, np.nan) for k, _ in METRICS if not k.endswith("_s")})
     row["search_s"] = _nan(record.search_seconds)
     row["train_s"] = _nan(record.train_seconds)
@@ -48,12 +61,39 @@ def flatten(record: RunRecord) -> dict:
         row[f"{name}:status"] = section["status"]
         if section["status"] == "done":
             row[f"{name}:bit_exact"] = section["check"]["bit_exact"]
+            row.setdefault("_headlines", {})[name] = list(section.get("headline") or section["metrics"])
             for metric in section.get("headline") or section["metrics"]:
                 m = section["metrics"].get(metric)
                 if m:
                     row[f"{name}:{metric}"] = m["value"]
                     row.setdefault("_units", {})[f"{name}:{metric}"] = f"{m['unit']}, {m['how']}"
     return row
+
+
+def environment_text(env: dict) -> str:
+    """A record's machine and software in one short line (the record holds the full details)."""
+    if not env:
+        return ""
+    parts = [f"mpqbench {env.get('mpqbench', '?')}", f"torch {env.get('torch', '?')}",
+             f"python {env.get('python', '?')}", f"{env.get('cpu', '?')} x{env.get('cores', '?')}"]
+    if env.get("gpu"):
+        parts.append(str(env["gpu"]))
+    return ", ".join(parts)
+
+
+def ci95(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom): with
+    2-3 seeds it is 4-13 times the standard error, which is why a small difference between two rows is
+    usually noise. NaN below 2 values."""
+    n = len(values)
+    if n < 2:
+        return np.nan
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
+
+
+def _distinct(values) -> list:
+    return sorted({v for v in values if isinstance(v, str) and v} | {v for v in values if isinstance(v, int)},
+                  key=str)
 
 
 def _nan(value: float | None) -> float:
@@ -74,9 +114,11 @@ def table(records: Iterable[RunRecord], stale: bool = False) -> pd.DataFrame:
     rows = [flatten(r) for r in records if r.status in ("done", "failed")]
     if not rows:
         return pd.DataFrame(columns=KEYS)
-    units = {}
+    units, headlines = {}, {}
     for r in rows:
         units.update(r.pop("_units", {}))
+        for name, metrics in r.pop("_headlines", {}).items():
+            headlines.setdefault(name, [m for m in metrics])
     df = pd.DataFrame(rows)
     df["_order"] = [(r["dataset"], r["model"], r["recipe"], "" if r["budget"] == "-" else r["budget"],
                      r["method"] != "fp32", r["method"]) for r in rows]
@@ -99,6 +141,20 @@ def table(records: Iterable[RunRecord], stale: bool = False) -> pd.DataFrame:
             values = pd.to_numeric(done[metric], errors="coerce").dropna()
             row[metric] = values.mean() if len(values) else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{metric}_ci95"] = ci95(values)
+        ordered = group.sort_values(["seed", "id"])
+        row["run_ids"] = list(ordered["id"])
+        row["run_seeds"] = [int(s) for s in ordered["seed"]]
+        row["run_status"] = list(ordered["status"])
+        row["commits"] = _distinct(group["commit"])
+        row["mpqbench_versions"] = _distinct(group["mpqbench_version"])
+        row["environments"] = _distinct(group["environment"])
+        row["code"] = " ".join(_distinct([f"{v} {c}" for v, c in zip(group["plugin_version"], group["code"])]))
+        images = sorted({int(v) for v in pd.to_numeric(done["test_images"], errors="coerce").dropna()})
+        row["test_images"] = images[0] if len(images) == 1 else (np.nan if not images else "/".join(map(str, images)))
+        for extra in ("fp32_top1", "budget_value"):
+            values = pd.to_numeric(group[extra], errors="coerce").dropna()
+            row[extra] = values.mean() if len(values) else np.nan
         met = done.budget_met.dropna()
         row["budget_met"] = "-" if met.empty else f"{int(met.sum())}/{len(met)}"
         for status_col in (c for c in df.columns if c.endswith(":status")):
@@ -115,6 +171,7 @@ def table(records: Iterable[RunRecord], stale: bool = False) -> pd.DataFrame:
         out.append(row)
     result = pd.DataFrame(out) if out else pd.DataFrame(columns=KEYS)
     result.attrs["units"] = units
+    result.attrs["headlines"] = headlines
     result.attrs["stale"] = n_stale
     return result
 
@@ -153,44 +210,27 @@ def markdown(df: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + note
 
 
-MARKERS = "osD^v<>pP*hX"
+def plot(df: pd.DataFrame, stem: Path) -> list[Path]:
+    """The accuracy/cost trade-off figure (:mod:`mpqbench.report.plots`) as ``stem``.svg and ``stem``.png."""
+    from mpqbench.report import plots
+
+    return plots.save(plots.tradeoff(df), Path(stem).with_suffix(""))
 
 
-def plot(df: pd.DataFrame, path: Path, x: str = "size_mb") -> None:
-    """Top-1 (mean +- std over seeds) against ``x`` (size_mb or bitops_g), one panel per model and data
-    set, one series per method: the accuracy/cost trade-off the table spreads over rows."""
-    import matplotlib
+def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard",
+          records: Iterable[RunRecord] | None = None) -> list[Path]:
+    """``stem``.md (the Markdown table), .csv and .json (with provenance, :mod:`mpqbench.report.provenance`),
+    .svg and .png (the trade-off figure) and, given the records, a per-layer bit map per (model, data set,
+    budget) in ``bitmaps/``."""
+    from mpqbench.report import bitmaps, provenance
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    done = df[df["seeds"] > 0]
-    panels = list(done.groupby(["model", "dataset"], sort=False))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(10 * max(len(panels), 1), 4.5), squeeze=False)
-    for ax, ((model, dataset), group) in zip(axes[0], panels):
-        several = group["recipe"].nunique() > 1
-        series = list(group.groupby(["method", "recipe"], sort=False))
-        for i, ((method, recipe), rows) in enumerate(series):  # colour and marker both vary: many series
-            rows = rows.sort_values(x)
-            ax.errorbar(rows[x], rows["top1"], yerr=rows["top1_std"].fillna(0), marker=MARKERS[i % len(MARKERS)],
-                        color=plt.get_cmap("tab20")(i % 20), capsize=3, linestyle="-" if len(rows) > 1 else "none",
-                        label=f"{method} [{recipe}]" if several else method)
-        ax.set_xscale("log")
-        ax.set_xlabel({"size_mb": "weight size (MB, log scale)", "bitops_g": "BitOPs (G, log scale)"}[x])
-        ax.set_ylabel("top-1 % (fake-quant)")
-        ax.set_title(f"{model} / {dataset}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
     paths[0].write_text(markdown(df) + "\n")
-    df.to_csv(paths[1], index=False)
-    df.to_json(paths[2], orient="records", indent=1)
-    plot(df, paths[3])
+    paths[1].write_text(provenance.to_csv(df))
+    paths[2].write_text(provenance.to_json(df) + "\n")
+    paths += plot(df, out_dir / stem)
+    if records is not None:
+        for written in bitmaps.write(df, records, out_dir / "bitmaps").values():
+            paths += written
     return paths

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpqbench.api import Metric, Target, TargetReport
+from mpqbench.api import Metric, Target, TargetReport, Unavailable
 from mpqbench.integer.model import IntegerModel
 from mpqbench.plugins.arm_qemu import layout as lay
 from mpqbench.plugins.arm_qemu import toolchain as tc
@@ -111,6 +111,8 @@ class ArmQemu(Target):
         return tc.unavailable()
 
     def deploy(self, run, imodel: IntegerModel, inputs) -> TargetReport:
+        if imodel.has_level_tables:
+            raise Unavailable("arm-qemu: learned level tables are not supported")
         params = run.params  # resolved by the harness: defaults plus the user's overrides
         cache = Path(run.cache) / "arm"
         result = RuntimeRun(imodel, np.asarray(inputs), cpu=params["cpu"], layers=bool(params["layers"]),

@@ -91,6 +91,8 @@ class CudaTarget(Target):
                 "layers": layers, "peak_size": _count(p, "peak_size", 64)}
 
     def deploy(self, run, imodel: IntegerModel, inputs) -> TargetReport:
+        if imodel.has_level_tables:
+            raise Unavailable("cuda: learned level tables are not supported")
         opts = self.options(run.params)
         device = opts["device"]
         reason = cuda_unavailable(device)

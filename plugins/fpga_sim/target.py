@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpqbench.api import Metric, Target, TargetReport, UserError
+from mpqbench.api import Metric, Target, TargetReport, Unavailable, UserError
 from mpqbench.integer import executor
 from mpqbench.integer.model import IntegerModel
 from mpqbench.integer.shapes import op_shapes
@@ -103,6 +103,8 @@ class FpgaSim(Target):
         return preset(str(params["model"]), **parse_overrides(params.get("overrides", "")))
 
     def deploy(self, run, imodel: IntegerModel, inputs) -> TargetReport:
+        if imodel.has_level_tables:
+            raise Unavailable("fpga-sim: learned level tables are not supported")
         params = {**self.params, **run.params}
         cfg = self.config(params)
         batch = int(params["batch"])

@@ -1,0 +1,189 @@
+"""Two sweeps, or two methods of one sweep, side by side: the rows they share with the difference and its
+paired significance over matched seeds, and the rows only one of them has.
+
+Rows are the leaderboard's (stale records left out the same way). Two folders match rows on (method,
+model, data set, recipe, budget); two methods of one folder match on (model, data set, recipe, budget).
+Runs pair by seed: runs of the same seed share the FP32 start and the data order, so the paired
+difference removes most seed-to-seed spread. The test is Student's paired t-test (two-sided, scipy's
+``ttest_rel``) on the seeds both sides finished; below two pairs there is no test. "within noise" means
+p >= alpha (default 0.05): with 2-3 seeds only large, consistent differences pass, which is the point.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from scipy import stats
+
+from mpqbench.errors import UserError
+from mpqbench.pipeline.record import RunRecord
+from mpqbench.report import leaderboard, units
+
+ROW_KEY = ["method", "model", "dataset", "recipe", "budget"]
+METRICS = [m for m, _ in leaderboard.METRICS if not m.endswith("_s")] + ["search_s", "train_s"]
+
+
+@dataclass
+class Pair:
+    key: dict
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    std_a: float
+    std_b: float
+    pairs: int
+    diff: float
+    """Mean of the paired differences B - A over the seeds both finished (NaN without a pair)."""
+    ci95: float
+    """Half-width of the 95% confidence interval of ``diff`` (NaN below two pairs)."""
+    p: float
+    verdict: str
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    metric: str
+    alpha: float
+    shared: list[Pair]
+    only_a: list[dict]
+    only_b: list[dict]
+
+    def to_json(self) -> dict:
+        clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+        out = asdict(self)
+        out["shared"] = [{k: clean(v) for k, v in p.items()} for p in out["shared"]]
+        return out
+
+
+def seed_values(records: Iterable[RunRecord], metric: str, stale: bool = False) -> pd.DataFrame:
+    """Leaderboard rows (``ROW_KEY``) with ``values``: {seed: metric} of their finished runs."""
+    records = list(records)
+    if metric not in METRICS:
+        raise UserError(f"--metric: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    table = leaderboard.table(records, stale=stale)
+    if table.empty:
+        return pd.DataFrame(columns=[*ROW_KEY, "values"])
+    by_id = {r.id: leaderboard.flatten(r) for r in records}
+    values = []
+    for ids in table["run_ids"]:
+        runs = [by_id[i] for i in ids if by_id[i]["status"] == "done"]
+        values.append({int(r["seed"]): float(r[metric]) for r in runs if not units.missing(r.get(metric))})
+    out = table[ROW_KEY].copy()
+    out["values"] = values
+    return out
+
+
+def paired(a: dict[int, float], b: dict[int, float], alpha: float) -> tuple[int, float, float, float, str]:
+    """(pairs, mean difference B - A, its 95% CI half-width, p, verdict) over the seeds in both."""
+    seeds = sorted(set(a) & set(b))
+    if not a or not b:
+        return 0, np.nan, np.nan, np.nan, f"no finished run in {'A' if not a else 'B'}"
+    if not seeds:
+        return 0, np.nan, np.nan, np.nan, "no seed in common"
+    d = np.array([b[s] - a[s] for s in seeds])
+    mean = float(d.mean())
+    if len(d) < 2:
+        return 1, mean, np.nan, np.nan, "1 pair: no test"
+    sd = float(d.std(ddof=1))
+    ci = float(stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d)))
+    if sd == 0:
+        p = 1.0 if mean == 0 else 0.0
+        verdict = "identical on every seed" if mean == 0 else f"B {mean:+.2f} on every seed (no spread to test)"
+        return len(d), mean, ci, p, verdict
+    p = float(stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds]).pvalue)
+    verdict = f"within noise (p={p:.2g})" if p >= alpha else f"B {'higher' if mean > 0 else 'lower'} (p={p:.2g})"
+    return len(d), mean, ci, p, verdict
+
+
+def _stats(values: dict[int, float]) -> tuple[int, float, float]:
+    v = np.array(list(values.values()), float)
+    return len(v), (float(v.mean()) if len(v) else np.nan), (float(v.std(ddof=1)) if len(v) > 1 else np.nan)
+
+
+def compare(rows_a: pd.DataFrame, rows_b: pd.DataFrame, key: list[str], names: tuple[str, str], metric: str,
+            alpha: float = 0.05) -> Comparison:
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must lie between 0 and 1, not {alpha}")
+    index_a = {tuple(r[k] for k in key): r["values"] for _, r in rows_a.iterrows()}
+    index_b = {tuple(r[k] for k in key): r["values"] for _, r in rows_b.iterrows()}
+    shared = []
+    for k in [k for k in index_a if k in index_b]:
+        a, b = index_a[k], index_b[k]
+        n_a, mean_a, std_a = _stats(a)
+        n_b, mean_b, std_b = _stats(b)
+        pairs, diff, ci, p, verdict = paired(a, b, alpha)
+        shared.append(Pair(dict(zip(key, k)), n_a, n_b, mean_a, mean_b, std_a, std_b, pairs, diff, ci, p, verdict))
+    only = lambda src, other: [{**dict(zip(key, k)), "seeds": len(v)} for k, v in src.items()  # noqa: E731
+                               if k not in other]
+    return Comparison(names[0], names[1], metric, alpha, shared, only(index_a, index_b), only(index_b, index_a))
+
+
+def folders(records_a, records_b, names: tuple[str, str], metric: str = "top1", alpha: float = 0.05) -> Comparison:
+    """Two sweeps: rows matched on (method, model, data set, recipe, budget)."""
+    return compare(seed_values(records_a, metric), seed_values(records_b, metric), ROW_KEY, names, metric, alpha)
+
+
+def methods(records, method_a: str, method_b: str, metric: str = "top1", alpha: float = 0.05) -> Comparison:
+    """Two methods (labels as the leaderboard writes them, e.g. ``ompq`` and ``uniform(a=8)``) of one sweep,
+    matched on (model, data set, recipe, budget)."""
+    rows = seed_values(records, metric)
+    for m in (method_a, method_b):
+        if m not in set(rows["method"]):
+            raise UserError(f"no rows of method {m!r} (there are: {', '.join(sorted(set(rows['method'])))})")
+    key = [k for k in ROW_KEY if k != "method"]
+    return compare(rows[rows["method"] == method_a], rows[rows["method"] == method_b], key, (method_a, method_b),
+                   metric, alpha)
+
+
+def render(result: Comparison, width: int = 120) -> str:
+    """One table per (model, data set) of the shared rows, then the rows only one side has, then a legend."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False, emoji=False, markup=False)
+    console.print(f"{result.metric}: A = {result.a}, B = {result.b}")
+    pairs: dict[tuple, list[Pair]] = {}
+    for p in result.shared:
+        pairs.setdefault((p.key["model"], p.key["dataset"]), []).append(p)
+    for (model, dataset), rows in pairs.items():
+        several = len({p.key["recipe"] for p in rows}) > 1
+        shown = [k for k in ("method", "budget") if k in rows[0].key] + (["recipe"] if several else [])
+        recipe = "" if several else f" · recipe {rows[0].key['recipe']}"
+        console.print(Text(f"{model} · {dataset}{recipe}"))
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
+        for k in shown:
+            table.add_column(k, overflow="fold", max_width={"method": 30, "budget": 14}.get(k, 22))
+        for title in ("A", "B", "B - A", "95% CI", "pairs"):
+            table.add_column(title, justify="right", no_wrap=True)
+        table.add_column("paired t-test", overflow="fold")
+        for p in rows:
+            cells = [*(str(p.key[k]) for k in shown), units.mean_std(p.mean_a, p.std_a),
+                     units.mean_std(p.mean_b, p.std_b), "" if units.missing(p.diff) else f"{p.diff:+.2f}",
+                     "" if units.missing(p.ci95) else f"± {p.ci95:.2f}", str(p.pairs), p.verdict]
+            table.add_row(*map(Text, cells))
+        console.print(table)
+    if not result.shared:
+        console.print("no rows in common")
+    for side, rows in (("A", result.only_a), ("B", result.only_b)):
+        for r in rows:
+            console.print(f"only in {side} ({getattr(result, side.lower())}): " + " ".join(
+                str(r[k]) for k in r if k != "seeds") + f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})")
+    console.print(f"A, B: mean ± sample std over each side's seeds. B - A: mean of the differences over the seeds "
+                  f"both finished, with the 95% confidence interval of that mean; paired t-test: two-sided, within "
+                  f"noise when p >= {result.alpha}.")
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
+
+
+def to_json(result: Comparison) -> str:
+    return json.dumps(result.to_json(), indent=1) + "\n"
