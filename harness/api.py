@@ -26,4 +26,5 @@ from mpqbench.plugin.objects import (
 from mpqbench.quant.policy import BitPolicy
 
 __all__ = ["Benchmark", "BitPolicy", "BudgetKind", "DatasetEntry", "Executor", "ImageShape", "Method", "Metric",
-           "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError", "WorkerDied", "hookimpl"]
+           "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError", "WorkerDied",
+           "hookimpl"]
