@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
+import threading
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -64,10 +65,17 @@ def _tracked(index: int, job):
     return job()
 
 
-class _Relay(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:
+def _relay(queue) -> None:
+    """Hand the workers' log records to the driver's handlers, until None (a daemon thread: a queue left
+    half-written by a terminated worker cannot block the driver)."""
+    while True:
+        try:
+            record = queue.get()
+        except (EOFError, OSError):
+            return
+        if record is None:
+            return
         logging.getLogger(record.name).handle(record)
-        return True
 
 
 class ProcessExecutor(Executor):
@@ -77,8 +85,10 @@ class ProcessExecutor(Executor):
     def run(self, jobs, workers, params, on_start=None):
         ctx = multiprocessing.get_context("spawn")
         queue, starts = ctx.Queue(), ctx.Queue()
-        listener = logging.handlers.QueueListener(queue, _Relay())
-        listener.start()
+        for q in (queue, starts):  # a worker terminated mid-write must never hold up the driver's exit
+            q.cancel_join_thread()
+        relay = threading.Thread(target=_relay, args=(queue,), daemon=True)
+        relay.start()
         pending, strikes = deque(range(len(jobs))), Counter()
         try:
             while pending:
@@ -120,7 +130,8 @@ class ProcessExecutor(Executor):
                 finally:
                     _stop(pool)
         finally:
-            listener.stop()
+            queue.put(None)
+            relay.join(timeout=5)
 
 
 def _killed_jobs(starts, processes: dict, running: set[int]) -> set[int]:
