@@ -18,7 +18,7 @@ def method_run(mpqbench_run):
 
 
 def _cka_by_definition(x, y):
-    """ORM as METHODS.md writes it: centred N x N Grams, K~ = H K H."""
+    """ORM as the paper writes it: centred N x N Grams, K~ = H K H."""
     n = x.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
     kx, ky = h @ x @ x.T @ h, h @ y @ y.T @ h

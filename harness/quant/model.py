@@ -27,7 +27,7 @@ def affine_activation(point: Point, bits: int) -> Quantizer:
 
 
 def default_weight_quantizer(layer: nn.Module, bits: int) -> Quantizer:
-    """Per-output-channel symmetric LSQ, the convention shared by every method (METHODS.md section 7)."""
+    """Per-output-channel symmetric LSQ, the convention shared by every method (as in LSQ and HAWQ-V3)."""
     return LSQQuantizer(bits, signed=True, channels=layer.weight.shape[0])
 
 

@@ -1,6 +1,6 @@
 """Build aarch64 programs and count their executed instructions exactly under qemu-aarch64.
 
-Why this shape (see TARGETS.md section 1):
+Why this shape:
 
 - Counts come from ``insncount.c``, a QEMU 7.2 TCG plugin (API v1) with inline per-TB counters, so
   they are exact and cost almost nothing.  Wall time under qemu, host timers and PMU registers are

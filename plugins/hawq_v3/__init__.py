@@ -1,6 +1,6 @@
 """HAWQ-V3: Hessian-aware mixed precision by integer programming (Yao et al., ICML 2021, arXiv 2011.10680).
 
-The Hessian-aware reference for OMPQ (METHODS.md section 3):
+The Hessian-aware reference for OMPQ:
 
 1. **Sensitivity**: per unit (the layout's weight groups), the trace of the Hessian of the training loss with
    respect to all the unit's weights, by Hutchinson's estimator (Rademacher vectors, Hessian-vector products

@@ -1,7 +1,7 @@
 """OMPQ: Orthogonal Mixed Precision Quantization (Ma et al., AAAI 2023, arXiv 2109.07865).
 
 One batch of features, no search iterations: how *unlike* the other units a unit's features are decides its
-importance, and one integer program spends the budget (METHODS.md section 2).
+importance, and one integer program spends the budget.
 
 1. **Units**: the layout's weight groups (a downsample conv shares its block's second conv's bits). First and
    last layers are searched only when the run does not pin them (``--first-last search``: the paper's PTQ
