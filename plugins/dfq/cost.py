@@ -17,44 +17,15 @@ with ``abs``).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from functools import partial
+from typing import Mapping
 
 import torch
 
-from mpqbench.errors import UserError
+from mpqbench.cost.expected import PENALTY_FORMS, BudgetPenalty, expected_cost, fixed_cost, layer_cost_fns  # noqa: F401
 from mpqbench.plugins.dfq.quantizer import BitLogits
 
-CostFn = Callable[[int], float]
-"""w -> a layer's share of the budget unit at w-bit weights."""
-LayerCost = Callable[[str, int, int], float]
-"""(layer, w, a) -> the layer's share of the run's budget measure (the budget kind's per-layer cost)."""
-FORMS = ("hinge", "abs", "square", "linear")
-
-
-def layer_cost_fns(layer_cost: LayerCost, layers, act_bits: int | Mapping[str, int]) -> dict[str, CostFn]:
-    """Per layer, ``w -> layer_cost(layer, w, a)`` at the layer's fixed input activation bits ``a``."""
-    def fn(layer: str) -> CostFn:
-        a = act_bits if isinstance(act_bits, int) else act_bits[layer]
-        return lambda w: layer_cost(layer, int(w), a)
-    return {layer: fn(layer) for layer in layers}
-
-
-def fixed_cost(layer_cost: LayerCost, fixed: Mapping[str, tuple[int, int]]) -> float:
-    """The pinned layers' part of the budget measure."""
-    return float(sum(layer_cost(layer, w, a) for layer, (w, a) in fixed.items()))
-
-
-def expected_cost(choices: Mapping[str, BitLogits], costs: Mapping[str, CostFn], constant: float = 0.0) -> torch.Tensor:
-    """``constant + sum_l sum_k p_lk * costs[l](b_k)`` over the layers of ``choices`` (layer -> logits; layers of
-    one unit share theirs)."""
-    missing = set(choices) - set(costs)
-    if missing:
-        raise ValueError(f"no cost function for layers {sorted(missing)}")
-    total = torch.zeros(())
-    for layer, choice in choices.items():
-        table = torch.tensor([costs[layer](b) for b in choice.candidates], dtype=choice.logits.dtype)
-        total = total + (choice.weights() * table.to(choice.logits.device)).sum()
-    return total + constant
+FORMS = PENALTY_FORMS
 
 
 def expected_bits(choices: Mapping[str, BitLogits], params: Mapping[str, int]) -> torch.Tensor:
@@ -63,34 +34,5 @@ def expected_bits(choices: Mapping[str, BitLogits], params: Mapping[str, int]) -
     return expected_cost(choices, {layer: (lambda b, n=params[layer]: n * b / total) for layer in choices})
 
 
-def penalty(expected: torch.Tensor, budget: float, form: str = "abs") -> torch.Tensor:
-    """The loss on r = expected / budget - 1 (see the module docstring)."""
-    if not budget > 0:
-        raise ValueError(f"budget must be positive, not {budget}")
-    ratio = expected / budget
-    if form == "hinge":
-        return torch.relu(ratio - 1)
-    if form == "abs":
-        return (ratio - 1).abs()
-    if form == "square":
-        return (ratio - 1) ** 2
-    if form == "linear":
-        return ratio
-    raise UserError(f"dfq-diff: unknown cost penalty form {form!r} (known: {', '.join(FORMS)})")
-
-
-class CostPenalty:
-    """The expected-cost penalty as a loss term ``fn(state) -> tensor`` (``state`` unused)."""
-
-    def __init__(self, choices: Mapping[str, BitLogits], costs: Mapping[str, CostFn], budget: float, *,
-                 constant: float = 0.0, form: str = "abs"):
-        if form not in FORMS:
-            raise UserError(f"dfq-diff: unknown cost penalty form {form!r} (known: {', '.join(FORMS)})")
-        self.choices, self.costs, self.budget = dict(choices), dict(costs), float(budget)
-        self.constant, self.form = float(constant), form
-
-    def expected(self) -> torch.Tensor:
-        return expected_cost(self.choices, self.costs, self.constant)
-
-    def __call__(self, state=None) -> torch.Tensor:
-        return penalty(self.expected(), self.budget, self.form)
+CostPenalty = partial(BudgetPenalty, form="abs")
+"""The core's expected-cost penalty with DFQ's default two-sided form (see the module docstring)."""
