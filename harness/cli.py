@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -368,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mpqbench: interrupted; finished runs are kept, run the same command again to resume",
               file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # every record is already written atomically; skip the interpreter's exit handlers, where a process
+        # pool whose workers were just terminated can wait forever on its management thread
+        os._exit(130)
 
 
 if __name__ == "__main__":
