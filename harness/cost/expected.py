@@ -86,3 +86,14 @@ class BudgetPenalty:
 
     def __call__(self, state=None) -> torch.Tensor:
         return budget_penalty(self.expected(), self.budget, self.form)
+
+
+def model_penalty(budget, cost, model, dists: Mapping[str, BitDistribution], form: str) -> BudgetPenalty:
+    """The penalty for ``dists`` (searched layer -> distribution) on a QuantModel: each searched layer's cost at
+    the activation bits it reads in ``model``, every other layer's read-back cost a constant, so at the
+    starting bits it equals the harness's own budget measure."""
+    policy = model.policy()
+    layer_cost = lambda layer, w, a: budget.layer_cost(cost, layer, w, a)  # noqa: E731
+    costs = layer_cost_fns(layer_cost, dists, {layer: policy[layer].a for layer in dists})
+    constant = sum(layer_cost(layer, policy[layer].w, policy[layer].a) for layer in cost.layers if layer not in dists)
+    return BudgetPenalty(dists, costs, budget.value, constant=constant, form=form)

@@ -27,23 +27,17 @@ from __future__ import annotations
 
 from mpqbench.api import Method, UserError
 from mpqbench.cost.allocation import check_bits, lowest_policy, searched_units, unit_policy
+from mpqbench.cost.expected import model_penalty
 from mpqbench.plugin.params import Choice
-from mpqbench.plugins.dfq.cost import CostPenalty, layer_cost_fns
 from mpqbench.plugins.dfq.discretise import apply, discretise
 from mpqbench.plugins.dfq.quantizer import SCHEDULES, Anneal, attach, layer_choices, set_temperature
 
 NAME = "dfq-diff"
 
 
-def cost_term(run, model, layer_choices_, form: str) -> CostPenalty:
-    """The expected-cost penalty for ``layer_choices_`` (searched layer -> logits) on ``model``: each searched
-    layer's cost at the activation bits it reads in ``model``, every other layer's read-back cost a constant."""
-    budget, policy = run.budget, model.policy()
-    cost = lambda layer, w, a: budget.layer_cost(run.cost, layer, w, a)  # noqa: E731
-    costs = layer_cost_fns(cost, layer_choices_, {layer: policy[layer].a for layer in layer_choices_})
-    constant = sum(cost(layer, policy[layer].w, policy[layer].a) for layer in run.cost.layers
-                   if layer not in layer_choices_)
-    return CostPenalty(layer_choices_, costs, budget.value, constant=constant, form=form)
+def cost_term(run, model, layer_dists, form: str):
+    """The run's budget penalty on ``layer_dists`` (searched layer -> distribution), from the core."""
+    return model_penalty(run.budget, run.cost, model, layer_dists, form)
 
 
 class DFQDiff(Method):

@@ -34,21 +34,16 @@ from torch.nn import functional as F
 
 from mpqbench.api import Method, UserError
 from mpqbench.cost.allocation import check_bits, lowest_policy, searched_units, unit_policy
+from mpqbench.cost.expected import model_penalty
 from mpqbench.plugin.params import Choice
-from mpqbench.plugins.sdq.losses import PENALTY_FORMS, WEIGHTINGS, BudgetRegularizer, ebr_term, layer_cost_fns
+from mpqbench.plugins.sdq.losses import PENALTY_FORMS, WEIGHTINGS, ebr_term
 from mpqbench.plugins.sdq.quantizer import ESTIMATORS, MODES, DBPGate, attach, dbp_record, layer_gates, step_all
 from mpqbench.plugins.sdq.repair import apply, final_policy
 
 
-def expected_cost_term(run, model, layer_dists, form: str) -> BudgetRegularizer:
-    """The budget regulariser for ``layer_dists`` (searched layer -> distribution) on ``model``: each searched
-    layer's cost at the activation bits it reads in ``model``, every other layer's read-back cost a constant."""
-    budget, policy = run.budget, model.policy()
-    cost = lambda layer, w, a: budget.layer_cost(run.cost, layer, w, a)  # noqa: E731
-    costs = layer_cost_fns(cost, layer_dists, {layer: policy[layer].a for layer in layer_dists})
-    constant = sum(cost(layer, policy[layer].w, policy[layer].a) for layer in run.cost.layers
-                   if layer not in layer_dists)
-    return BudgetRegularizer(layer_dists, costs, budget.value, constant=constant, form=form)
+def expected_cost_term(run, model, layer_dists, form: str):
+    """The run's budget penalty on ``layer_dists`` (searched layer -> distribution), from the core."""
+    return model_penalty(run.budget, run.cost, model, layer_dists, form)
 
 
 class SDQ(Method):
