@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, Quantizer, int_range, round_ste
+from mpqbench.quant.quantizers import (AffineQuantizer, LSQQuantizer, Quantizer, configure_lsq, int_range,
+                                      round_ste)
 
 
 @pytest.mark.parametrize("bits,signed,expected", [(2, True, (-2, 1)), (4, False, (0, 15)), (8, True, (-128, 127))])
@@ -40,7 +41,8 @@ def test_lsq_per_channel_steps_and_gradients():
     y = q(w)
     assert q.step.shape == (6,)
     y.sum().backward()
-    inside = (w / q.scale()[:, None, None, None]).abs() < 3.5
+    v = w / q.scale()[:, None, None, None]
+    inside = (v > -4) & (v < 3)
     # straight-through estimator: gradient 1 inside the clipping range, 0 outside
     assert torch.equal(w.grad[inside], torch.ones_like(w.grad[inside]))
     assert torch.equal(w.grad[~inside], torch.zeros_like(w.grad[~inside]))
@@ -56,6 +58,44 @@ def test_lsq_step_gradient_matches_the_formula():
     g = 1 / math.sqrt(4 * 3)  # N = 4 features per sample, Q_P = 3
     expected = ((-0.3 + 0) + (-1.6 + 2) + 3 + 0) * g  # -v/s + round(v/s) inside, Q_P above, -Q_N (=0) below
     assert q.step.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _band_grads(gradient: str, mode: str = "eager"):
+    """Gradients of a 2-bit unsigned LSQ (Q_P = 3, step 1) at codes inside, in the band (3, 3.5), beyond."""
+    q = LSQQuantizer(2, signed=False)
+    configure_lsq(q, gradient, mode)
+    q.step.data.fill_(1.0)
+    q.initialized.fill_(True)
+    x = torch.tensor([[0.3, 1.6, 3.2, 3.4, 5.0]], requires_grad=True)
+    y = q(x)
+    y.sum().backward()
+    return y.detach(), x.grad, q.step.grad.item()
+
+
+def test_lsq_paper_gradient_clips_on_x_over_s_in_the_band():
+    y, x_grad, step_grad = _band_grads("paper")
+    g = 1 / math.sqrt(5 * 3)
+    assert x_grad.tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]  # the paper: 0 once v/s >= Q_P
+    assert step_grad == pytest.approx(((-0.3 + 0) + (-1.6 + 2) + 3 + 3 + 3) * g, rel=1e-5)
+    torch_y, torch_x_grad, torch_step_grad = _band_grads("torch")
+    assert torch.equal(y, torch_y)  # the same values; only the gradients differ
+    assert torch_x_grad.tolist() == [[1.0, 1.0, 1.0, 1.0, 0.0]]  # PyTorch's op: clips on round(v/s)
+    assert torch_step_grad == pytest.approx(((-0.3 + 0) + (-1.6 + 2) + (3 - 3.2) + (3 - 3.4) + 3) * g, rel=1e-5)
+
+
+def test_compiled_lsq_equals_eager():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 6, 6).relu().contiguous(memory_format=torch.channels_last)
+    out = {}
+    for mode in ("eager", "compiled"):
+        q = LSQQuantizer(3, signed=False)
+        configure_lsq(q, "paper", mode)
+        xin = x.clone().requires_grad_()
+        y = q(xin)
+        (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
+        out[mode] = (y.detach(), xin.grad, q.step.grad)
+    for eager, compiled in zip(out["eager"], out["compiled"]):
+        assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
 
 
 def test_bitwidth_changes_without_rebuilding():

@@ -19,6 +19,7 @@ from mpqbench.plugin.objects import Method
 from mpqbench.quant.layout import QuantLayout
 from mpqbench.quant.model import QuantModel
 from mpqbench.quant.policy import BitPolicy
+from mpqbench.quant.quantizers import configure_lsq
 from mpqbench.system.meter import measure
 from mpqbench.train.loop import LossFn, Trainer
 from mpqbench.train.losses import kd
@@ -65,13 +66,17 @@ class RunContext:
     def quant_model(self, policy: BitPolicy) -> QuantModel:
         """A fake-quant copy of the FP32 model with ``policy`` applied (the recipe's activation quantizer)."""
         entry = self.registry.get("quantizer", self.recipe.act_quantizer)
-        return QuantModel(self.fp32, self.layout, policy, act_quantizer=entry.build)
+        qmodel = QuantModel(self.fp32, self.layout, policy, act_quantizer=entry.build)
+        configure_lsq(qmodel, self.recipe.lsq_grad, self.recipe.fake_quant)
+        return qmodel
 
     def trainer(self, model: nn.Module, name: str = "finetune", *, epochs: int | None = None,
                 lr: float | None = None) -> Trainer:
         """A Trainer with the shared fine-tune recipe (SGD for the weights), for a method to extend; its
-        per-epoch loss parts go into the record under ``training[name]``."""
+        per-epoch loss parts go into the record under ``training[name]``. The recipe's LSQ gradient and
+        eager/compiled form apply to every LSQ quantizer in ``model``, including a method's own."""
         r = self.recipe
+        configure_lsq(model, r.lsq_grad, r.fake_quant)
         trainer = Trainer(model, self.data, epochs=r.qat_epochs if epochs is None else epochs,
                           lr=r.qat_lr if lr is None else lr, weight_decay=r.qat_wd, batch_size=r.batch_size,
                           momentum=r.momentum, seed=self.seed, device=self.device)

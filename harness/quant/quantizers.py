@@ -1,9 +1,9 @@
 """Fake quantizers: the shared building blocks every method composes or extends.
 
 All quantizers map a float tensor to the grid ``scale * (q - zero_point)`` with integer ``q`` in
-``[qmin, qmax]`` and pass gradients straight through the rounding (STE). They use PyTorch's fused
-fake-quantize operators, which round half to even on ``x * (1 / scale)``; :meth:`Quantizer.integers`
-reproduces that exactly, so exported integers are the ones the fine-tuned model saw.
+``[qmin, qmax]`` and pass gradients straight through the rounding (STE). Every forward rounds half to even on
+``x * (1 / scale)`` (as PyTorch's fused fake-quantize operators do); :meth:`Quantizer.integers` reproduces
+that exactly, so exported integers are the ones the fine-tuned model saw.
 
 ``bits`` can be changed at any time (``set_bits``) without rebuilding the model, and learned state is kept
 per bitwidth: methods that learn bitwidths while training (SDQ, DDQ, ...) switch back and forth and rely
@@ -16,6 +16,7 @@ Method-specific quantizers that are not (a mixture of bitwidths, a stochastic sw
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -34,6 +35,49 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
     if signed:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
+
+
+LSQ_GRADIENTS = ("paper", "torch")
+FAKE_QUANT_MODES = ("eager", "compiled")
+
+
+class _LSQFunction(torch.autograd.Function):
+    """``round(clamp(x / s, qmin, qmax)) * s`` with the LSQ paper's gradients (Esser et al., eq. 3).
+
+    Inside the grid (``qmin < x/s < qmax``, strict as in the paper) the gradient to ``x`` is 1 and to the
+    step ``round(x/s) - x/s``; outside it is 0 to ``x`` and the clipped bound (``qmin`` or ``qmax``) to the
+    step. PyTorch's fused learnable fake-quantize decides clipping on ``round(x/s)`` instead, so in the band
+    ``qmax < x/s < qmax + 0.5`` it passes gradient 1 to ``x`` and ``round(x/s) - x/s`` to the step (wide at 2
+    bits); ``gradient="torch"`` selects that operator. The forward values are identical either way. The
+    step gradient is scaled by ``grad_scale`` and summed to the step's shape (one per tensor or channel).
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):
+        v = x * (1.0 / step)
+        ctx.save_for_backward(v, step)
+        ctx.bounds = (qmin, qmax, grad_scale)
+        return torch.round(v).clamp_(qmin, qmax) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, step = ctx.saved_tensors
+        qmin, qmax, grad_scale = ctx.bounds
+        inside = (v > qmin) & (v < qmax)
+        q = torch.round(v).clamp_(qmin, qmax)
+        step_grad = (grad * (q - v * inside)).sum_to_size(step.shape) * grad_scale
+        return grad * inside, step_grad, None, None, None
+
+
+def _lsq_paper(x, step, qmin: int, qmax: int, grad_scale: float):
+    return _LSQFunction.apply(x, step, qmin, qmax, grad_scale)
+
+
+@functools.cache
+def _lsq_compiled():
+    """``_lsq_paper`` under ``torch.compile`` (one fused kernel forward and one backward; compiled once per
+    process, about 10-15 s, with dynamic shapes so batch sizes and bitwidths do not recompile)."""
+    return torch.compile(_lsq_paper, dynamic=True)
 
 
 class Quantizer(nn.Module):
@@ -104,7 +148,16 @@ class LSQQuantizer(Quantizer):
     ``1 / sqrt(N * qmax)`` with N the elements per step (per sample for activations), as in the paper.
     A step created during training joins an optimizer only if it existed when the optimizer was built:
     methods that switch bits call :meth:`ensure` for every bitwidth they may use before training.
+
+    ``gradient`` is ``"paper"`` (the paper's clipping, see ``_LSQFunction``) or ``"torch"`` (PyTorch's fused
+    operator); ``compiled`` runs the paper's form under ``torch.compile`` for activations (a QAT step then
+    costs about 1.2-1.3x an FP32 step instead of 1.5-1.6x: ``mpqbench bench qat-step``; weights stay eager:
+    they are small, and as parameters each shape would compile again). Both are set per run from the
+    recipe (:func:`configure_lsq`).
     """
+
+    gradient = "paper"
+    compiled = False
 
     def __init__(self, bits: int, signed: bool, channels: int | None = None):
         super().__init__(bits, signed)
@@ -149,15 +202,18 @@ class LSQQuantizer(Quantizer):
         if not bool(self.initialized[self.bits]):
             self._init_step(x)
         step = self.step.abs().clamp_min(1e-8)
-        zero = torch.zeros_like(step)
-        if self.channels:
-            per_step = x.numel() / x.shape[0]
-            grad = 1.0 / math.sqrt(per_step * self.qmax)
-            return torch._fake_quantize_learnable_per_channel_affine(
-                x, step, zero, 0, self.qmin, self.qmax, grad)
-        per_step = x[0].numel() if x.dim() > 1 else x.numel()
+        per_step = x.numel() / x.shape[0] if self.channels or x.dim() > 1 else x.numel()
         grad = 1.0 / math.sqrt(per_step * self.qmax)
-        return torch._fake_quantize_learnable_per_tensor_affine(x, step, zero, self.qmin, self.qmax, grad)
+        if self.gradient == "torch":
+            zero = torch.zeros_like(step)
+            if self.channels:
+                return torch._fake_quantize_learnable_per_channel_affine(
+                    x, step, zero, 0, self.qmin, self.qmax, grad)
+            return torch._fake_quantize_learnable_per_tensor_affine(x, step, zero, self.qmin, self.qmax, grad)
+        if self.channels:
+            step = step.reshape((-1,) + (1,) * (x.dim() - 1))
+        fake = _lsq_compiled() if self.compiled and not self.channels else _lsq_paper
+        return fake(x, step, self.qmin, self.qmax, grad)
 
     def scale(self) -> torch.Tensor:
         return self.step.detach().abs().clamp_min(1e-8)
@@ -216,3 +272,11 @@ class AffineQuantizer(Quantizer):
 
     def zero_point(self) -> torch.Tensor:
         return torch.tensor([self._params()[1]], dtype=torch.int64)
+
+
+def configure_lsq(model: nn.Module, gradient: str = "paper", mode: str = "eager") -> None:
+    """Set the gradient form and the eager/compiled path of every LSQ quantizer in ``model``."""
+    for module in model.modules():
+        if isinstance(module, LSQQuantizer):
+            module.gradient = gradient
+            module.compiled = mode == "compiled"

@@ -1,7 +1,10 @@
 """``mpqbench bench qat-step``: the cost of a fake-quant training step against an FP32 step.
 
 The same model, batch and optimizer step as the Trainer (SGD, channels-last input), timed in one process:
-FP32, uniform W8A8 and W4A4 (first/last at 8 bits), after warm-up steps, median over timed steps.
+FP32, uniform W8A8 and W4A4 (first/last at 8 bits), after warm-up steps, median over timed steps; each
+quantized model with LSQ in its three forms: PyTorch's fused operator (``lsq_grad=torch``), the paper's
+gradient eager (``lsq_grad=paper``) and compiled (``fake_quant=compiled``, the recipes' default). The
+compiled rows' warm-up includes the one-off compilation, which is reported separately.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from torch.nn import functional as F
 from mpqbench.data.splits import ImageShape
 from mpqbench.quant.model import QuantModel
 from mpqbench.quant.policy import BitPolicy
+from mpqbench.quant.quantizers import configure_lsq
+
+FORMS = (("torch", "eager"), ("paper", "eager"), ("paper", "compiled"))
 
 
 def _step_ms(model, x, y, warmup: int, steps: int) -> float:
@@ -57,7 +63,12 @@ def main(args: list[str], registry) -> int:
           f"{opts.steps} steps after {opts.warmup} warm-up")
     print(f"FP32   {base:7.1f} ms/step")
     for bits in (8, 4):
-        qmodel = QuantModel(fp32, layout, BitPolicy.uniform(layout, bits, bits, fixed))
-        ms = _step_ms(qmodel, x, y, opts.warmup, opts.steps)
-        print(f"W{bits}A{bits}   {ms:7.1f} ms/step   {ms / base:.2f}x FP32")
+        for gradient, mode in FORMS:
+            qmodel = QuantModel(fp32, layout, BitPolicy.uniform(layout, bits, bits, fixed))
+            configure_lsq(qmodel, gradient, mode)
+            start = time.perf_counter()
+            ms = _step_ms(qmodel, x, y, opts.warmup, opts.steps)
+            total = time.perf_counter() - start
+            extra = f"   (compile + warm-up {total - ms * opts.steps / 1000:.0f} s)" if mode == "compiled" else ""
+            print(f"W{bits}A{bits} lsq_grad={gradient:<5} {mode:<8} {ms:7.1f} ms/step   {ms / base:.2f}x FP32{extra}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from mpqbench.errors import UserError
+from mpqbench.quant.quantizers import FAKE_QUANT_MODES, LSQ_GRADIENTS
 
 FP32_FIELDS = ("fp32_epochs", "fp32_lr", "fp32_wd", "batch_size", "momentum", "train_subset", "threads")
 """The fields that determine the FP32 checkpoint; changing any other field reuses it."""
@@ -18,6 +19,11 @@ class Recipe:
     the training/test splits for quick runs and are part of the run's identity. ``fp32_seed`` fixes the
     FP32 starting point across run seeds (as papers fine-tune one pretrained model), so seeds then vary
     only the search sampling and the fine-tune; ``None`` trains one FP32 model per run seed.
+
+    ``lsq_grad`` picks LSQ's gradient (``paper``: clipping decided on ``x/s``, as Esser et al.; ``torch``:
+    PyTorch's fused operator, which decides it on ``round(x/s)``); ``fake_quant`` runs LSQ activations
+    ``eager`` or ``compiled`` (``torch.compile``: same values, a faster step after a one-off compile of
+    about 15 s per process, so the tiny test recipe stays eager).
 
     ``threads`` is the number of torch threads every job of the recipe trains and evaluates with, whatever
     ``--jobs`` is: floating-point sums are split differently with more threads, so the thread count is part
@@ -34,6 +40,8 @@ class Recipe:
     batch_size: int = 128
     momentum: float = 0.9
     act_quantizer: str = "lsq"
+    lsq_grad: str = "paper"
+    fake_quant: str = "compiled"
     train_subset: int | None = None
     test_subset: int | None = None
     fp32_seed: int | None = None
@@ -46,7 +54,8 @@ class Recipe:
                   ("momentum", 0 <= self.momentum < 1), ("threads", self.threads >= 1),
                   ("train_subset", self.train_subset is None or self.train_subset >= 1),
                   ("test_subset", self.test_subset is None or self.test_subset >= 1),
-                  ("fp32_seed", self.fp32_seed is None or self.fp32_seed >= 0)]
+                  ("fp32_seed", self.fp32_seed is None or self.fp32_seed >= 0),
+                  ("lsq_grad", self.lsq_grad in LSQ_GRADIENTS), ("fake_quant", self.fake_quant in FAKE_QUANT_MODES)]
         for name, ok in checks:
             if not ok:
                 raise UserError(f"recipe field {name}={getattr(self, name)!r} is out of range")
@@ -96,7 +105,7 @@ RECIPES = {
     "full": Recipe("full"),
     "quick": Recipe("quick", fp32_epochs=4, qat_epochs=1, train_subset=16384, test_subset=2000),
     "tiny": Recipe("tiny", fp32_epochs=4, fp32_lr=0.05, qat_epochs=1, batch_size=64, train_subset=1024,
-                   test_subset=256),
+                   test_subset=256, fake_quant="eager"),
 }
 
 
