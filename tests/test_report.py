@@ -22,6 +22,7 @@ from mpqbench.errors import UserError
 from mpqbench.pipeline.record import RunRecord
 from mpqbench.pipeline.store import RunStore
 from mpqbench.report import bitmaps, compare, latex, leaderboard, plots, provenance, terminal, units
+from mpqbench.pipeline.record import pack_correct
 from mpqbench.report import columns as C
 from mpqbench.train.recipe import get_recipe
 
@@ -306,7 +307,30 @@ def test_compare_pairs_seeds_and_says_when_a_difference_is_within_noise():
         record("y", s, 85 + d) for s, d in enumerate([0.1, 0.2, -0.1])]
     assert compare.methods(noisy, "x", "y").shared[0].verdict.startswith("within noise")
     text = compare.render(result)
-    assert "paired t-test" in text and "B higher" in text and max(map(len, text.splitlines())) <= 120
+    assert "McNemar" in text and "B higher" in text and max(map(len, text.splitlines())) <= 120
+
+
+def test_compare_tests_images_pairwise_where_records_hold_per_image_correctness():
+    rng = np.random.default_rng(0)
+    truth = rng.random(2000) < 0.85
+    recs = []
+    for seed in range(3):
+        better = truth.copy()
+        better[np.flatnonzero(~truth)[:40]] = True  # B gets 40 more images right than A on every seed
+        for label, mask in (("a", truth), ("b", better)):
+            r = record(label, seed, 100 * mask.mean() + 0.05 * seed * (1 if label == "a" else -1))
+            r.correct = {"top1": pack_correct(mask)}
+            recs.append(r)
+    assert np.array_equal(recs[1].correct_mask("top1"), recs[1].correct_mask("top1")) and \
+        recs[0].correct_mask("top1").tolist() == truth.tolist() and recs[0].correct_mask("int_top1") is None
+    (pair,) = compare.methods(recs, "a", "b").shared
+    assert pair.discordant == "0/120" and pair.p_images == pytest.approx(stats.binomtest(120, 120).pvalue)
+    assert pair.verdict.startswith("B higher")
+    same = [r for r in recs if r.label == "a"] + [record("c", s, recs[2 * s].metrics["top1"]) for s in range(3)]
+    for r in same[3:]:
+        r.correct = {"top1": pack_correct(truth)}
+    (tie,) = compare.methods(same, "a", "c").shared
+    assert tie.discordant == "0/0" and tie.p_images == 1.0 and "within noise" in tie.verdict
 
 
 def test_compare_two_folders_lists_rows_only_one_side_has(tmp_path):

@@ -2,15 +2,20 @@
 
 Schema 2 adds the policy the search returned (``searched_policy``) beside the final one read back from the
 finalized model (``policy``, what the budget is checked on), and the per-epoch loss parts of every training
-stage (``training``). Records of schema 1 (one policy, no loss parts) still load: their policy is both.
+stage (``training``), and which test images each model classified correctly (``correct``, so two rows can
+be compared image by image: :mod:`mpqbench.report.compare`). Records of schema 1 (one policy, no loss
+parts) still load: their policy is both; records without ``correct`` compare by seed only.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
+
+import numpy as np
 
 SCHEMA = 2
 STATUSES = ("running", "done", "failed")
@@ -45,6 +50,8 @@ class RunRecord:
     training: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    correct: dict[str, str] = field(default_factory=dict)
+    """Metric (``fp32_top1``, ``top1``, ``int_top1``) -> per-test-image correctness, :func:`pack_correct`."""
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
 
@@ -79,6 +86,14 @@ class RunRecord:
     def budget_met(self) -> bool | None:
         return None if self.budget is None else bool(self.budget["met"])
 
+    def correct_mask(self, metric: str) -> np.ndarray | None:
+        """Which test images the model behind ``metric`` got right (bool array), None if not recorded."""
+        text = self.correct.get(metric)
+        if text is None:
+            return None
+        count, _, bits = text.partition(":")
+        return np.unpackbits(np.frombuffer(base64.b64decode(bits), np.uint8), count=int(count)).astype(bool)
+
     def seconds(self, phase: str) -> float | None:
         entry = self.phases.get(phase)
         return None if entry is None else float(entry["seconds"])
@@ -93,3 +108,9 @@ class RunRecord:
     def train_seconds(self) -> float | None:
         train = self.seconds("train")
         return None if train is None else train - (self.seconds("train:search") or 0.0)
+
+
+def pack_correct(mask) -> str:
+    """A bool vector as ``"<count>:<base64 of its packed bits>"`` (1.3 kB for 10,000 test images)."""
+    mask = np.asarray(mask, dtype=bool)
+    return f"{mask.size}:{base64.b64encode(np.packbits(mask)).decode()}"

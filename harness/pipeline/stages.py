@@ -26,7 +26,7 @@ from mpqbench.integer.model import IntegerModel
 from mpqbench.pipeline.context import RunContext
 from mpqbench.pipeline.deploy import DeployContext, deploy_target
 from mpqbench.pipeline.preflight import Plan, load_data
-from mpqbench.pipeline.record import RunRecord, now
+from mpqbench.pipeline.record import RunRecord, now, pack_correct
 from mpqbench.pipeline.spec import Component, RunSpec
 from mpqbench.quant.model import QuantModel
 from mpqbench.quant.policy import BitPolicy
@@ -101,6 +101,7 @@ def _pipeline(run: RunContext, record: RunRecord, artifacts: Artifacts, registry
 
     fp32_preds, preds = stage("evaluate", evaluate)
     metrics.update(fp32_top1=accuracy(fp32_preds, test.y), top1=accuracy(preds, test.y), test_images=len(test))
+    record.correct = {"fp32_top1": pack_correct(fp32_preds == test.y), "top1": pack_correct(preds == test.y)}
     if isinstance(model, QuantModel) and not model.is_float:
         model = model.cpu()
         shape = (run.data.shape.channels, run.data.shape.size, run.data.shape.size)
@@ -120,6 +121,7 @@ def _pipeline(run: RunContext, record: RunRecord, artifacts: Artifacts, registry
         metrics.update(int_top1=accuracy(int_preds, test.y), int_agreement=accuracy(int_preds, preds),
                        weight_bytes=imodel.weight_bytes())
         metrics["int_minus_fq"] = metrics["int_top1"] - metrics["top1"]
+        record.correct["int_top1"] = pack_correct(int_preds == test.y)
         record.targets = deploy_all(imodel, x[:head], reference, registry, targets, record.id, run.cache, stage)
     metrics["drop"] = metrics["fp32_top1"] - metrics["top1"]
     record.metrics = metrics

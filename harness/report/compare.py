@@ -3,10 +3,18 @@ paired significance over matched seeds, and the rows only one of them has.
 
 Rows are the leaderboard's (stale records left out the same way). Two folders match rows on (method,
 model, data set, recipe, budget); two methods of one folder match on (model, data set, recipe, budget).
-Runs pair by seed: runs of the same seed share the FP32 start and the data order, so the paired
-difference removes most seed-to-seed spread. The test is Student's paired t-test (two-sided, scipy's
-``ttest_rel``) on the seeds both sides finished; below two pairs there is no test. "within noise" means
-p >= alpha (default 0.05): with 2-3 seeds only large, consistent differences pass, which is the point.
+Two tests, because a difference has two sources of noise:
+
+* **seeds** (training noise): runs pair by seed (runs of the same seed share the FP32 start and the data
+  order, so the paired difference removes most seed-to-seed spread); Student's paired t-test (two-sided,
+  scipy's ``ttest_rel``) on the seeds both sides finished; below two pairs there is no test.
+* **images** (test-set noise): where both records store per-image correctness (``RunRecord.correct``), an
+  exact McNemar test on the discordant images pooled over the paired seeds (images A got right and B wrong
+  against the reverse; scipy's ``binomtest``), which sees a consistent difference of a few images that the
+  accuracy's standard error hides.
+
+A difference is called only when every test available says so (p < alpha, default 0.05); otherwise it is
+"within noise". With 2-3 seeds only large, consistent differences pass, which is the point.
 """
 
 from __future__ import annotations
@@ -48,7 +56,12 @@ class Pair:
     ci95: float
     """Half-width of the 95% confidence interval of ``diff`` (NaN below two pairs)."""
     p: float
+    """Paired t-test over seeds (NaN below two pairs)."""
     verdict: str
+    p_images: float = float("nan")
+    """Exact McNemar test on the pooled discordant images (NaN where correctness is not recorded)."""
+    discordant: str = ""
+    """``A-only/B-only``: images only A got right / only B got right, over the paired seeds."""
 
 
 @dataclass
@@ -69,21 +82,37 @@ class Comparison:
 
 
 def seed_values(records: Iterable[RunRecord], metric: str, stale: bool = False) -> pd.DataFrame:
-    """Leaderboard rows (``ROW_KEY``) with ``values``: {seed: metric} of their finished runs."""
+    """Leaderboard rows (``ROW_KEY``) with ``values``: {seed: metric} of their finished runs, and ``masks``:
+    {seed: per-image correctness} where the records hold it."""
     records = list(records)
     if metric not in METRICS:
         raise UserError(f"--metric: unknown metric {metric!r} (known: {', '.join(METRICS)})")
     table = leaderboard.table(records, stale=stale)
     if table.empty:
-        return pd.DataFrame(columns=[*ROW_KEY, "values"])
+        return pd.DataFrame(columns=[*ROW_KEY, "values", "masks"])
     by_id = {r.id: leaderboard.flatten(r) for r in records}
-    values = []
+    records_by_id = {r.id: r for r in records}
+    values, masks = [], []
     for ids in table["run_ids"]:
         runs = [by_id[i] for i in ids if by_id[i]["status"] == "done"]
         values.append({int(r["seed"]): float(r[metric]) for r in runs if not units.missing(r.get(metric))})
+        found = {int(r["seed"]): records_by_id[r["id"]].correct_mask(metric) for r in runs}
+        masks.append({seed: mask for seed, mask in found.items() if mask is not None})
     out = table[ROW_KEY].copy()
     out["values"] = values
+    out["masks"] = masks
     return out
+
+
+def mcnemar(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> tuple[float, str]:
+    """(exact McNemar p, "A-only/B-only") over the seeds both sides have masks of equal length for."""
+    seeds = [s for s in sorted(set(a) & set(b)) if a[s].shape == b[s].shape]
+    if not seeds:
+        return np.nan, ""
+    only_a = sum(int((a[s] & ~b[s]).sum()) for s in seeds)
+    only_b = sum(int((~a[s] & b[s]).sum()) for s in seeds)
+    p = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return p, f"{only_a}/{only_b}"
 
 
 def paired(a: dict[int, float], b: dict[int, float], alpha: float) -> tuple[int, float, float, float, str]:
@@ -108,6 +137,18 @@ def paired(a: dict[int, float], b: dict[int, float], alpha: float) -> tuple[int,
     return len(d), mean, ci, p, verdict
 
 
+def _combined(diff: float, p_seeds: float, p_images: float, alpha: float, seed_verdict: str) -> str:
+    """The verdict from both tests: a difference only when every available test calls it."""
+    tests = [p for p in (p_seeds, p_images) if not units.missing(p)]
+    if all(p < alpha for p in tests) and diff != 0:
+        basis = "" if len(tests) == 2 else ", images only"
+        return f"B {'higher' if diff > 0 else 'lower'} (p={max(tests):.2g}{basis})"
+    if units.missing(p_seeds) and seed_verdict.startswith("1 pair"):
+        return f"within noise (images p={p_images:.2g}, 1 seed)"
+    return f"within noise (seeds p={p_seeds:.2g}, images p={p_images:.2g})" if not units.missing(p_seeds) \
+        else f"within noise (images p={p_images:.2g})"
+
+
 def _stats(values: dict[int, float]) -> tuple[int, float, float]:
     v = np.array(list(values.values()), float)
     return len(v), (float(v.mean()) if len(v) else np.nan), (float(v.std(ddof=1)) if len(v) > 1 else np.nan)
@@ -119,13 +160,19 @@ def compare(rows_a: pd.DataFrame, rows_b: pd.DataFrame, key: list[str], names: t
         raise UserError(f"--alpha must lie between 0 and 1, not {alpha}")
     index_a = {tuple(r[k] for k in key): r["values"] for _, r in rows_a.iterrows()}
     index_b = {tuple(r[k] for k in key): r["values"] for _, r in rows_b.iterrows()}
+    masks_a = {tuple(r[k] for k in key): r.get("masks") or {} for _, r in rows_a.iterrows()}
+    masks_b = {tuple(r[k] for k in key): r.get("masks") or {} for _, r in rows_b.iterrows()}
     shared = []
     for k in [k for k in index_a if k in index_b]:
         a, b = index_a[k], index_b[k]
         n_a, mean_a, std_a = _stats(a)
         n_b, mean_b, std_b = _stats(b)
         pairs, diff, ci, p, verdict = paired(a, b, alpha)
-        shared.append(Pair(dict(zip(key, k)), n_a, n_b, mean_a, mean_b, std_a, std_b, pairs, diff, ci, p, verdict))
+        p_images, discordant = mcnemar(masks_a[k], masks_b[k])
+        if not units.missing(p_images) and pairs:
+            verdict = _combined(diff, p, p_images, alpha, verdict)
+        shared.append(Pair(dict(zip(key, k)), n_a, n_b, mean_a, mean_b, std_a, std_b, pairs, diff, ci, p, verdict,
+                           p_images, discordant))
     only = lambda src, other: [{**dict(zip(key, k)), "seeds": len(v)} for k, v in src.items()  # noqa: E731
                                if k not in other]
     return Comparison(names[0], names[1], metric, alpha, shared, only(index_a, index_b), only(index_b, index_a))
@@ -164,13 +211,13 @@ def render(result: Comparison, width: int = 120) -> str:
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
         for k in shown:
             table.add_column(k, overflow="fold", max_width={"method": 30, "budget": 14}.get(k, 22))
-        for title in ("A", "B", "B - A", "95% CI", "pairs"):
+        for title in ("A", "B", "B - A", "95% CI", "pairs", "A-only/B-only"):
             table.add_column(title, justify="right", no_wrap=True)
-        table.add_column("paired t-test", overflow="fold")
+        table.add_column("verdict", overflow="fold")
         for p in rows:
             cells = [*(str(p.key[k]) for k in shown), units.mean_std(p.mean_a, p.std_a),
                      units.mean_std(p.mean_b, p.std_b), "" if units.missing(p.diff) else f"{p.diff:+.2f}",
-                     "" if units.missing(p.ci95) else f"± {p.ci95:.2f}", str(p.pairs), p.verdict]
+                     "" if units.missing(p.ci95) else f"± {p.ci95:.2f}", str(p.pairs), p.discordant, p.verdict]
             table.add_row(*map(Text, cells))
         console.print(table)
     if not result.shared:
@@ -180,8 +227,9 @@ def render(result: Comparison, width: int = 120) -> str:
             console.print(f"only in {side} ({getattr(result, side.lower())}): " + " ".join(
                 str(r[k]) for k in r if k != "seeds") + f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})")
     console.print(f"A, B: mean ± sample std over each side's seeds. B - A: mean of the differences over the seeds "
-                  f"both finished, with the 95% confidence interval of that mean; paired t-test: two-sided, within "
-                  f"noise when p >= {result.alpha}.")
+                  f"both finished, with the 95% confidence interval of that mean. A-only/B-only: test images only A / "
+                  f"only B classified correctly, pooled over those seeds. Verdict: paired t-test over seeds and exact "
+                  f"McNemar test over images (where recorded), a difference only when both give p < {result.alpha}.")
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
