@@ -49,34 +49,42 @@ class _LSQFunction(torch.autograd.Function):
     step. PyTorch's fused learnable fake-quantize decides clipping on ``round(x/s)`` instead, so in the band
     ``qmax < x/s < qmax + 0.5`` it passes gradient 1 to ``x`` and ``round(x/s) - x/s`` to the step (wide at 2
     bits); ``gradient="torch"`` selects that operator. The forward values are identical either way. The
-    step gradient is scaled by ``grad_scale`` and summed to the step's shape (one per tensor or channel).
+    step gradient is summed to the step's shape (one per tensor or channel); LSQ's gradient scale is applied
+    outside (:func:`_scale_grad`), so the compiled form does not specialise on it.
     """
 
     @staticmethod
-    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale: float):
+    def forward(ctx, x, step, qmin: int, qmax: int):
         v = x * (1.0 / step)
         ctx.save_for_backward(v, step)
-        ctx.bounds = (qmin, qmax, grad_scale)
+        ctx.bounds = (qmin, qmax)
         return torch.round(v).clamp_(qmin, qmax) * step
 
     @staticmethod
     def backward(ctx, grad):
         v, step = ctx.saved_tensors
-        qmin, qmax, grad_scale = ctx.bounds
+        qmin, qmax = ctx.bounds
         inside = (v > qmin) & (v < qmax)
         q = torch.round(v).clamp_(qmin, qmax)
-        step_grad = (grad * (q - v * inside)).sum_to_size(step.shape) * grad_scale
-        return grad * inside, step_grad, None, None, None
+        return grad * inside, (grad * (q - v * inside)).sum_to_size(step.shape), None, None
 
 
-def _lsq_paper(x, step, qmin: int, qmax: int, grad_scale: float):
-    return _LSQFunction.apply(x, step, qmin, qmax, grad_scale)
+def _scale_grad(t: torch.Tensor, scale: float) -> torch.Tensor:
+    """``t`` in the forward, its gradient multiplied by ``scale`` in the backward."""
+    return t * scale + (t - t * scale).detach()
+
+
+def _lsq_paper(x, step, qmin: int, qmax: int):
+    return _LSQFunction.apply(x, step, qmin, qmax)
 
 
 @functools.cache
 def _lsq_compiled():
     """``_lsq_paper`` under ``torch.compile`` (one fused kernel forward and one backward; compiled once per
-    process, about 10-15 s, with dynamic shapes so batch sizes and bitwidths do not recompile)."""
+    process, about 10-15 s, with dynamic shapes so batch sizes and bitwidths do not recompile). Rank, memory
+    layout and grad mode (train or eval) each compile a variant: a network has a dozen or so, over dynamo's
+    default limit of 8 (past which it would silently run the rest eager), so the limit is raised to 64."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(_lsq_paper, dynamic=True)
 
 
@@ -210,10 +218,11 @@ class LSQQuantizer(Quantizer):
                 return torch._fake_quantize_learnable_per_channel_affine(
                     x, step, zero, 0, self.qmin, self.qmax, grad)
             return torch._fake_quantize_learnable_per_tensor_affine(x, step, zero, self.qmin, self.qmax, grad)
+        step = _scale_grad(step, grad)
         if self.channels:
             step = step.reshape((-1,) + (1,) * (x.dim() - 1))
         fake = _lsq_compiled() if self.compiled and not self.channels else _lsq_paper
-        return fake(x, step, self.qmin, self.qmax, grad)
+        return fake(x, step, self.qmin, self.qmax)
 
     def scale(self) -> torch.Tensor:
         return self.step.detach().abs().clamp_min(1e-8)
