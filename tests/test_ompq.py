@@ -1,13 +1,21 @@
-"""OMPQ: the ORM (linear CKA), importance, a full search and its controls on the tiny run."""
+"""OMPQ: the ORM (linear CKA), importance, a full search, its controls and solvers on the tiny run."""
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from mpqbench.cost.allocation import searched_units, unit_policy
+from mpqbench.cost.budget import parse_budgets
+from mpqbench.cost.model import CostModel
+from mpqbench.data.splits import ImageShape
 from mpqbench.errors import UserError
-from mpqbench.plugins.ompq.orm import importance, orm_matrix
+from mpqbench.plugins.ompq import linear_budget, log_coefficients, normalised, orm_signal, slsqp_round, solve
+from mpqbench.plugins.ompq.orm import importance, orm_matrix, suffix_log_mean
+
+NO_TIMER = lambda phase: contextlib.nullcontext()  # noqa: E731
 
 
 @pytest.fixture
@@ -64,11 +72,148 @@ def test_a_duplicated_layer_has_orm_one_with_its_copy(features):
 
 def test_importance_follows_the_formulas():
     orm = np.array([[1.0, 0.5, 0.1], [0.5, 1.0, 0.3], [0.1, 0.3, 1.0]])
-    gamma, theta, c = importance(orm, beta=2.0)
+    gamma, log_theta, log_c = importance(orm, beta=2.0)
     assert np.allclose(gamma, [0.6, 0.8, 0.4])
-    assert np.allclose(theta, np.exp(-2.0 * gamma))
-    assert np.allclose(c, [theta.mean(), theta[1:].mean(), theta[2]])
-    assert np.allclose(importance(orm, beta=0.0)[2], 1.0)
+    assert np.allclose(log_theta, -2.0 * gamma)
+    theta = np.exp(log_theta)
+    assert np.allclose(np.exp(log_c), [theta.mean(), theta[1:].mean(), theta[2]])
+    assert np.allclose(importance(orm, beta=0.0)[2], 0.0)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 10.0])
+def test_log_space_coefficients_equal_the_direct_ones(beta):
+    """Where theta does not underflow, log space changes nothing: exp(log c) is the official suffix mean
+    computed from theta directly, and the normalised c is that divided by its maximum."""
+    rng = np.random.default_rng(0)
+    orm = rng.uniform(0.1, 0.5, size=(9, 9))
+    orm = (orm + orm.T) / 2
+    np.fill_diagonal(orm, 1.0)
+    gamma, _, log_c = importance(orm, beta)
+    theta = np.exp(-beta * gamma)
+    direct = np.array([theta[i:].mean() for i in range(9)])
+    assert np.allclose(np.exp(log_c), direct, rtol=1e-12, atol=0)
+    assert np.allclose(normalised(log_c, "test"), direct / direct.max(), rtol=1e-12, atol=0)
+
+
+@pytest.fixture(scope="module")
+def resnet20(mpqbench_registry):
+    """ResNet-20's layout and costs (random weights: no features are read), first/last pinned at W8A8, and a
+    budget at the uniform 3-bit size."""
+    entry = mpqbench_registry.model("resnet20")
+    model = entry.build(ImageShape(3, 32, 10))
+    layout = entry.layout(model)
+    cost = CostModel.measure(model, layout, (3, 32, 32))
+    fixed = {layout.first: (8, 8), layout.last: (8, 8)}
+    return layout, cost, fixed, parse_budgets("size_mb=w3")[0].resolve(cost, fixed)
+
+
+def _resnet20_like_orm(n: int) -> np.ndarray:
+    """Off-diagonal ORM 0.80-0.92 (gamma ~14-16, as measured on ResNet-20), the last unit least similar."""
+    rng = np.random.default_rng(1)
+    orm = rng.uniform(0.80, 0.92, size=(n, n))
+    orm = (orm + orm.T) / 2
+    orm[-1, :] = orm[:, -1] = 0.78
+    np.fill_diagonal(orm, 1.0)
+    return orm
+
+
+def test_beta_100_keeps_finite_coefficients_and_fills_the_budget(resnet20):
+    """The official PTQ beta: every direct theta underflows to 0 (the old code then returned all-2-bit weights
+    with the budget unused); in log space the coefficients stay finite and the program spends the budget."""
+    layout, cost, fixed, budget = resnet20
+    units = searched_units(layout, fixed)
+    gamma, log_theta, log_c = importance(_resnet20_like_orm(len(units)), beta=100.0)
+    assert 13 < gamma.min() and gamma.max() < 17
+    assert not np.exp(log_theta).any()  # what the direct formula gives
+    c = normalised(log_c, "beta=100")
+    assert np.isfinite(c).all() and c.max() == 1.0 and c.min() > 0
+    # the most orthogonal unit is the last, so its theta alone survives: c_i = 1/(L-i+1), position only
+    assert np.allclose(c, np.exp(log_coefficients("position", len(units), None)))
+    candidates = (2, 3, 4, 5, 6, 7, 8)
+    result = solve(layout, cost, budget, fixed, units, c, candidates, 8, NO_TIMER)
+    assert budget.met(cost, result.policy)
+    assert set(result.bits.values()) != {2}
+    for unit, bits in result.bits.items():  # maximal: no unit can take one more bit within the budget
+        if bits < 8:
+            assert not budget.met(cost, unit_policy(layout, fixed, {**result.bits, unit: bits + 1}, 8)), unit
+
+
+def test_coefficients_below_the_program_resolution_are_an_error():
+    """The most orthogonal unit first: at beta = 100 every later coefficient is ~e^-40 of it, too small for
+    the program to tell their bits apart."""
+    gamma = np.array([14.0, 14.4, 14.5, 14.6])
+    log_c = suffix_log_mean(-100.0 * gamma)
+    with pytest.raises(UserError, match=r"beta=100 with gamma 14\.\.14\.6 gives coefficients down to 1e-"):
+        normalised(log_c, "beta=100 with gamma 14..14.6")
+    assert normalised(suffix_log_mean(-1.0 * gamma), "beta=1").min() > 0.5  # a modest beta is fine
+
+
+def test_nan_features_are_an_error_not_coefficients(method_run):
+    run = method_run(budget="size_mb=w4")
+    units = searched_units(run.layout, run.fixed)
+    images = torch.full((8, *run.data.train.x.shape[1:]), float("nan"))
+    with pytest.raises(RuntimeError, match="features of unit.s. conv2, conv3 hold NaN"):
+        orm_signal(run.fp32_model(), run.layout, units, images, "eval", 10.0, NO_TIMER)
+
+
+# The official procedure on two stored cases: three units of 0.5, 1 and 2 MiB of weights at x = b/8 = 1,
+# 2.7125 MiB of budget for them, bits 4-8 (x in [0.5, 1]). Expected bits derived by hand from the official
+# steps (x0 = 1, SLSQP, np.around(8 x)):
+# * beta = 10, gamma 14-14.5: c ~ 1e-61, so SLSQP's absolute tolerance is met as soon as it is feasible and
+#   it stops after one step, the Euclidean projection of x0 = 1 onto cost . x <= 2.7125: x = 1 - t cost with
+#   t = (3.5 - 2.7125) / (0.25 + 1 + 4) = 0.15, so 8 x = 7.4, 6.8, 5.6 and bits 7, 7, 6: 2.8125 MiB, over.
+# * beta = 1, gamma 0.2/0.1/0.3: theta = e^-gamma, c = 0.8214, 0.8228, 0.7408, the linear program's vertex
+#   fills units by c / cost (1.64, 0.82, 0.37): units 0 and 1 at x = 1 (2.5 MiB with unit 2 at 0.5), unit 2
+#   gets the rest, x = 0.5 + 0.2125 / 2 = 0.60625, 8 x = 4.85 -> 5: bits 8, 8, 5, 2.75 MiB, over. (The exact
+#   program's answer at this budget is 8, 8, 4.)
+SLSQP_CASES = [(10.0, [14.0, 14.5, 13.8], [7, 7, 6], 1), (1.0, [0.2, 0.1, 0.3], [8, 8, 5], 2)]
+
+
+@pytest.mark.parametrize("beta, gamma, expected, iterations", SLSQP_CASES)
+def test_slsqp_round_reproduces_the_official_procedure(beta, gamma, expected, iterations):
+    cost, room = np.array([0.5, 1.0, 2.0]), 2.7125
+    bits, trace = slsqp_round(suffix_log_mean(-beta * np.array(gamma)), cost, room, 4, 8)
+    assert bits.tolist() == expected and trace["iterations"] == iterations
+    assert bits @ cost / 8 > room  # both overshoot: rounding is not checked against the budget
+
+
+@pytest.mark.parametrize("params, budget", [("candidates=4-8", "size_mb=w6"), ("candidates=2-4", "size_mb=w3"),
+                                            ("allocation=position:candidates=2-8", "bitops_g=w3a8")])
+def test_slsqp_round_search_records_its_trace_and_the_measured_budget(method_run, params, budget):
+    run = method_run(params=f"solver=slsqp-round:{params}", budget=budget, first_last=None)
+    policy = run.method.search(run)
+    policy.check(run.layout, run.fixed)
+    record = run.extra["ompq"]
+    low, high = run.params["candidates"][0], run.params["candidates"][-1]
+    assert set(record["bits"].values()) <= set(range(low, high + 1))
+    assert record["measured"] == pytest.approx(run.budget.measure(run.cost, policy))
+    assert record["budget_met"] == run.budget.met(run.cost, policy)
+    assert record["slsqp"]["iterations"] >= 1 and "c" not in record and len(record["log_c"]) == 4
+    assert "search:solver" in run.phases
+
+
+def test_slsqp_round_constraint_is_the_official_one(method_run):
+    """For a size budget the official constraint reads model_size - first_last_size - sum x_i params_i >= 0,
+    params in MiB: the costs and room the solver gets must be exactly those."""
+    run = method_run(budget="size_mb=w4")
+    units = searched_units(run.layout, run.fixed)
+    cost, room = linear_budget(run, units, (2, 3, 4, 5, 6, 7, 8), 8)
+    params = run.cost.unit_params()
+    assert np.allclose(cost, [params[u] / 2**20 for u in units], rtol=1e-12)
+    pinned = sum(run.cost.layers[layer].params * 8 for layer in run.fixed) / 8 / 2**20  # first/last at 8 bits
+    assert room == pytest.approx(run.budget.value - pinned, rel=1e-12)
+
+
+def test_position_and_reversed_controls_order_the_coefficients():
+    log_theta = np.array([0.0, -1.0, -2.0, -3.0])  # theta falls along the network
+    signal = {"log_theta": log_theta, "log_c": suffix_log_mean(log_theta)}
+    theta = np.exp(log_theta)
+    orm_c = np.exp(log_coefficients("orm", 4, signal))
+    reversed_c = np.exp(log_coefficients("reversed", 4, signal))
+    assert np.allclose(reversed_c, [theta[::-1][i:].mean() for i in range(4)])
+    assert (np.diff(orm_c) < 0).all() and (np.diff(reversed_c) > 0).all()
+    assert np.allclose(np.exp(log_coefficients("position", 4, None)), [1 / 4, 1 / 3, 1 / 2, 1])
+    assert np.allclose(log_coefficients("greedy", 4, None), 0.0)
 
 
 def test_search_meets_the_budget_and_records_the_signal(method_run):
@@ -80,7 +225,9 @@ def test_search_meets_the_budget_and_records_the_signal(method_run):
     assert record["units"] == ["conv2", "conv3"]  # first/last pinned at 8 bits
     assert len(record["batch_indices"]) == 32 and record["bn"] == "eval"
     assert np.array(record["orm"]).shape == (2, 2)
-    assert set(record["c"]) == {"conv2", "conv3"} and "Optimal" in record["solver_status"]
+    assert set(record["c"]) == set(record["log_c"]) == set(record["log_theta"]) == {"conv2", "conv3"}
+    assert max(record["c"].values()) == 1.0 and "Optimal" in record["solver_status"]
+    assert record["solver"] == "exact"
     assert {"search:features", "search:orm", "search:solver"} <= set(run.phases)
     assert all(policy[layer].a == 8 for layer in run.layout.layers)
 
@@ -112,13 +259,14 @@ def test_feature_batch_follows_the_seed(method_run):
     assert run.extra["ompq"]["batch_indices"] != other.extra["ompq"]["batch_indices"]
 
 
-@pytest.mark.parametrize("allocation", ["greedy", "random"])
-def test_controls_meet_the_budget(method_run, allocation):
+@pytest.mark.parametrize("allocation, features", [("greedy", False), ("random", False), ("position", False),
+                                                  ("reversed", True)])
+def test_controls_meet_the_budget(method_run, allocation, features):
     run = method_run(params=f"allocation={allocation}", budget="size_mb=w3", first_last=None)
     policy = run.method.search(run)
     policy.check(run.layout, run.fixed)
     assert run.budget.met(run.cost, policy)
-    assert "search:features" not in run.phases
+    assert ("search:features" in run.phases) == features
 
 
 def test_random_control_differs_between_seeds(method_run):
@@ -152,7 +300,9 @@ def test_beta_to_zero_is_size_greedy(method_run):
 
 
 @pytest.mark.parametrize("params", ["candidates=1/4", "candidates=4/9", "a=12", "allocation=best", "bn=frozen",
-                                    "beta=-1", "batch=1", "batch=100000"])
+                                    "beta=-1", "beta=inf", "batch=1", "batch=100000", "solver=newton",
+                                    "solver=slsqp-round:candidates=2/4/8", "solver=slsqp-round:candidates=4",
+                                    "solver=slsqp-round:allocation=random"])
 def test_bad_parameters_are_user_errors(method_run, params):
     with pytest.raises(UserError):
         run = method_run(params=params, budget="size_mb=w4")

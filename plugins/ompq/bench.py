@@ -14,7 +14,8 @@ from mpqbench.cost.budget import parse_budgets
 from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.data.splits import ImageShape
-from mpqbench.plugins.ompq import OMPQ, orm_signal, solve
+from mpqbench.plugin.params import resolve_defaults
+from mpqbench.plugins.ompq import OMPQ, normalised, orm_signal, solve
 from mpqbench.system.meter import measure
 
 PHASES = ("search:features", "search:orm", "search:solver")
@@ -39,13 +40,15 @@ def main(args: list[str], registry) -> int:
     fixed = {layout.first: (8, 8), layout.last: (8, 8)}
     budget = parse_budgets(opts.budget)[0].resolve(cost, fixed)
     units = searched_units(layout, fixed)
-    candidates, a = OMPQ.params["candidates"], OMPQ.params["a"]
+    defaults = resolve_defaults(OMPQ.params)
+    candidates, a = defaults["candidates"], defaults["a"]
     images = torch.randint(0, 256, (opts.batch, 3, opts.size, opts.size), dtype=torch.uint8)
     runs = []
     for _ in range(opts.repeat):
         phases: dict = {}
         timer = functools.partial(measure, phases)
-        c = orm_signal(model, layout, units, to_float(images), OMPQ.params["bn"], opts.beta, timer)["c"]
+        log_c = orm_signal(model, layout, units, to_float(images), defaults["bn"], opts.beta, timer)["log_c"]
+        c = normalised(log_c, f"beta={opts.beta:g}")
         result = solve(layout, cost, budget, fixed, units, c, candidates, a, timer)
         runs.append(phases)
     print(f"OMPQ search on {opts.model}, {opts.batch} images of 3x{opts.size}x{opts.size}, 1000 classes: random "

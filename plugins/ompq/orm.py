@@ -82,13 +82,20 @@ def orm_matrix(features: Sequence[torch.Tensor | np.ndarray],
 
 
 def importance(orm: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gamma, theta, c): redundancy gamma_i = sum_{j != i} ORM_ij, importance theta_i = exp(-beta gamma_i),
-    and the objective coefficient c_i = mean(theta_j, j = i..L) in network order (changing unit i disturbs
-    every later feature)."""
+    """(gamma, log theta, log c): redundancy gamma_i = sum_{j != i} ORM_ij, importance theta_i =
+    exp(-beta gamma_i), and the objective coefficient c_i = mean(theta_j, j = i..L) in network order (changing
+    unit i disturbs every later feature). Kept in log space: theta itself underflows to 0 once beta gamma
+    passes ~745 (beta >= ~50 on ResNet-20, where gamma is 14-16), which would zero every coefficient."""
     gamma = orm.sum(axis=1) - np.diag(orm)
-    theta = np.exp(-beta * gamma)
-    c = np.cumsum(theta[::-1])[::-1] / np.arange(len(theta), 0, -1)
-    return gamma, theta, c
+    log_theta = -beta * gamma
+    return gamma, log_theta, suffix_log_mean(log_theta)
+
+
+def suffix_log_mean(log_theta: np.ndarray) -> np.ndarray:
+    """log mean(theta_j, j = i..L) for every i: a running logsumexp from the last unit, finite wherever
+    ``log_theta`` is."""
+    total = np.logaddexp.accumulate(np.asarray(log_theta, dtype=np.float64)[::-1])[::-1]
+    return total - np.log(np.arange(len(total), 0, -1))
 
 
 def feature_batch(n_images: int, batch: int, seed: int) -> torch.Tensor:
