@@ -66,8 +66,10 @@ def preflight(specs: list[RunSpec], registry, cache: Path, data_root: str | None
         key = (spec.model, spec.dataset)
         if key not in structures:
             structures[key] = _structure(registry, spec.model, data)
-        layout, cost = structures[key]
-        fixed = fixed_layers(layout, spec.first_last_bits)
+        model_layout, cost = structures[key]
+        fixed = fixed_layers(model_layout, spec.first_last_bits)
+        method = registry.method(spec.method.name)
+        layout = method.units(spec.method.kwargs, model_layout)
         try:
             budget = None
             if spec.budget is not None:
@@ -75,7 +77,6 @@ def preflight(specs: list[RunSpec], registry, cache: Path, data_root: str | None
                 if bkey not in resolved:
                     resolved[bkey] = spec.budget.resolve(cost, fixed)
                 budget = resolved[bkey]
-                method = registry.method(spec.method.name)
                 smallest = method.smallest_policy(spec.method.kwargs, layout, fixed)
                 if smallest is not None:
                     budget.check_reachable(cost, smallest, f"{spec.method.name}'s smallest policy on {spec.model}")

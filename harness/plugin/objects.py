@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
 class Method:
     """An MPQ method. Subclasses set ``name``/``version``/``params`` and implement :meth:`search`.
 
-    The contract, in the order the core calls it: :meth:`check` and :meth:`smallest_policy` before any run
+    The contract, in the order the core calls it: :meth:`check`, :meth:`units` and :meth:`smallest_policy`
+    before any run
     (bad parameters and budgets the method can never meet are refused in one line), then per run
     :meth:`search` -> :meth:`train` -> :meth:`finalize`. ``train`` defaults to the shared fine-tune recipe
     (LSQ QAT from the common FP32 checkpoint), so a method that only searches bitwidths is compared on equal
@@ -47,6 +48,12 @@ class Method:
 
     def check(self, params: Mapping[str, Any]) -> None:
         """Raise :class:`mpqbench.errors.UserError` for parameter values no run could use (before any run)."""
+
+    def units(self, params: Mapping[str, Any], layout: "QuantLayout") -> "QuantLayout":
+        """The layout this method's runs use: the model's, or the method's own bit-sharing groups (e.g.
+        HAWQ-V3 ties a residual downsample to its block's first conv where the model ties it to the second).
+        Everything of the run, its preflight, search, fine-tune and the harness's policy checks, sees it."""
+        return layout
 
     def smallest_policy(self, params: Mapping[str, Any], layout: "QuantLayout",
                         fixed: Mapping[str, tuple[int, int]]) -> "BitPolicy | None":

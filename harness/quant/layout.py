@@ -6,8 +6,8 @@ Methods, the cost model and the harness's budget check all read the same :class:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Literal, Sequence
 
 from torch import nn
 
@@ -23,7 +23,8 @@ class QuantLayout:
 
     * ``layers``: quantizable conv/linear modules in execution order (their module names);
     * ``weight_groups``: units, in network order; the layers of a unit share a weight bitwidth (a residual
-      block's downsample conv with the block's last conv, declared by the model);
+      block's downsample conv with the block's last conv, declared by the model). A method whose paper ties
+      other layers runs on :meth:`regroup` of this layout, and its policies are checked against that;
     * ``act_groups``: layers that read the same tensor and so share an activation bitwidth (found in the
       traced graph);
     * ``first`` / ``last``: the layers that are kept at 8 bits unless a run searches them;
@@ -41,6 +42,19 @@ class QuantLayout:
 
     def unit_name(self, group: tuple[str, ...]) -> str:
         return group[0]
+
+    def regroup(self, groups: Iterable[Sequence[str]]) -> "QuantLayout":
+        """This layout with other weight groups (a method's own units). ``groups`` must partition the layers;
+        each is put in network order, and the units in the order of their first layer. Features are kept for
+        the unit names that remain."""
+        order = {layer: i for i, layer in enumerate(self.layers)}
+        groups = [tuple(sorted(g, key=lambda layer: order.get(layer, -1))) for g in groups]
+        if not all(groups) or sorted(x for g in groups for x in g) != sorted(self.layers):
+            raise ValueError(f"weight groups {groups} do not partition the layers {self.layers}")
+        groups.sort(key=lambda g: order[g[0]])
+        units = {self.unit_name(g) for g in groups}
+        return replace(self, weight_groups=tuple(groups),
+                       features={u: f for u, f in self.features.items() if u in units})
 
     def act_group_of(self, layer: str) -> tuple[str, ...]:
         for g in self.act_groups:

@@ -37,6 +37,18 @@ def int_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
+@torch.no_grad()
+def minmax_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """``w`` rounded to the symmetric per-output-channel (dim 0) grid of step max|w_c| / (2^(b-1) - 1), codes
+    clamped to the signed range: no clipping and no data beyond the weights themselves, the quantizer
+    HAWQ-V3 measures its perturbations with and sensitivity analyses score layers with. Rounds half to even
+    on ``w * (1 / step)``, as the fake-quant forward does."""
+    qmin, qmax = int_range(bits, signed=True)
+    step = w.abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
+    step = step.reshape((-1,) + (1,) * (w.dim() - 1))
+    return torch.round(w * (1.0 / step)).clamp_(qmin, qmax) * step
+
+
 LSQ_GRADIENTS = ("paper", "torch")
 FAKE_QUANT_MODES = ("eager", "compiled")
 

@@ -14,7 +14,8 @@ from mpqbench.cost.budget import parse_budgets
 from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.data.splits import ImageShape
-from mpqbench.plugins.hawq_v3 import HAWQV3, sensitivity
+from mpqbench.plugin.params import resolve_defaults
+from mpqbench.plugins.hawq_v3 import HAWQV3, sensitivity, unit_layout
 from mpqbench.system.meter import measure
 
 
@@ -32,19 +33,20 @@ def main(args: list[str], registry) -> int:
     torch.manual_seed(0)
     entry = registry.model(opts.model)
     model = entry.build(ImageShape(3, opts.size, 1000)).eval()
-    layout = entry.layout(model)
-    cost = CostModel.measure(model, layout, (3, opts.size, opts.size))
+    cost = CostModel.measure(model, entry.layout(model), (3, opts.size, opts.size))
+    defaults = resolve_defaults(HAWQV3.params)
+    layout = unit_layout(cost.layout, defaults["share"])
     fixed = {layout.first: (8, 8), layout.last: (8, 8)}
     budget = parse_budgets(opts.budget)[0].resolve(cost, fixed)
     units = searched_units(layout, fixed)
     x = to_float(torch.randint(0, 256, (opts.batch, 3, opts.size, opts.size), dtype=torch.uint8))
     y = torch.randint(0, 1000, (opts.batch,))
-    defaults = HAWQV3.params
     timed = {}
     for n in (1, opts.iters):  # the difference isolates the cost of one Hessian-vector product
         phases: dict = {}
-        found = sensitivity(model, cost, units, [lambda: F.cross_entropy(model(x), y)], defaults["candidates"],
-                            iters=n, tol=0.0, step=defaults["step"], seed=0, timer=functools.partial(measure, phases))
+        found = sensitivity(model, layout, cost, units, [lambda: F.cross_entropy(model(x), y)], defaults["candidates"],
+                            iters=n, tol=0.0, quantizer=defaults["perturbation"], seed=0,
+                            timer=functools.partial(measure, phases))
         timed[n] = phases
     with measure(phases, "search:solver"):
         result = allocate(layout, cost, budget, fixed, found["scores"], defaults["candidates"], defaults["a"],
