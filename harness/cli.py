@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run a grid of methods x models x data sets x budgets x seeds")
     run.add_argument("--config", help="TOML file with the same keys as these flags (flags win); see examples/")
+    run.add_argument("--suite", help="a shipped protocol (qat, ptq, ...; 'list' lists them), a --config that comes "
+                                     "with mpqbench (flags win); see docs/protocols.md")
     run.add_argument("--methods", type=_csv, help="e.g. fp32,uniform:w=4,ompq:beta=1 (name:key=value...)")
     run.add_argument("--targets", type=_csv, help="hardware targets, e.g. arm-qemu")
     run.add_argument("--models", type=_csv)
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text (default: ranked tables that fit 120 columns, with a legend), md, csv or json (with "
                             "provenance), latex (booktabs)")
     board.add_argument("--write", metavar="DIR",
-                       help="write leaderboard.{md,csv,json,svg,png} and bitmaps/ (bits per layer) into DIR")
+                       help="write leaderboard.{md,csv,json,svg,png}, bitmaps/ (bits per layer) and, for budget "
+                            "sweeps, leaderboard-pareto.{svg,png} (top-1 against weight bits) into DIR")
     board.add_argument("--stale", action="store_true", help="show records of older method code as rows of their own")
     board.add_argument("--columns", metavar="KEYS", help="columns to show, e.g. method,top1,size, or changes to the "
                        "default, e.g. +train,-bitops (an unknown key lists the known ones)")
@@ -140,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args):
     from mpqbench.pipeline.config import SweepConfig
 
-    cfg = SweepConfig.from_toml(args.config) if args.config else SweepConfig()
+    if args.suite and args.config:
+        raise UserError("--suite and --config both name a configuration: pass one (flags then override it)")
+    cfg = SweepConfig.from_suite(args.suite) if args.suite else \
+        SweepConfig.from_toml(args.config) if args.config else SweepConfig()
     for key in ("methods", "targets", "models", "datasets", "budgets", "seeds", "recipe", "first_last", "out",
                 "executor", "data_root", "device", "retry_failed", "keep_going"):
         value = getattr(args, key, None)
@@ -167,6 +173,11 @@ def cmd_run(args, registry) -> int:
     from mpqbench.report import leaderboard
     from mpqbench.system.paths import cache_dir
 
+    if args.suite == "list":
+        from mpqbench import suites
+
+        print(suites.listing())
+        return 0
     cfg = _config(args)
     outcomes = sweep(cfg, registry, cache_dir(), frozenset(getattr(args, "disable", ())), console=CONSOLE,
                      show_progress=not args.no_progress, dry_run=args.dry_run)

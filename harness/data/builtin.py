@@ -25,9 +25,15 @@ FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-ima
                  "t10k-labels-idx1-ubyte")
 
 
-def fashion_mnist(root: str | None, cache: Path) -> DataSplits:
+HARD_CLASSES = (0, 2, 4, 6)
+"""Fashion-MNIST's four most confused classes: T-shirt/top, pullover, coat, shirt (labels 0-3 in this order)."""
+HARD_TRAIN_PER_CLASS = 1500
+"""Official training images kept per class (the first in file order): 6000, of which 1000 are validation."""
+
+
+def _fashion_idx(root: str | None, cache: Path) -> tuple[FashionMNIST, FashionMNIST]:
     """Debian's IDX files (or ``root``'s), unpacked once into the cache (one folder per source) and read
-    with torchvision's loader."""
+    with torchvision's loader: the official training and test sets."""
     src = Path(root or FASHION_MNIST_DIR)
     base = cache / f"fashion-mnist-{hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]}"  # per source
     raw = base / "FashionMNIST" / "raw"
@@ -42,10 +48,33 @@ def fashion_mnist(root: str | None, cache: Path) -> DataSplits:
         tmp = raw / f".{name}.{os.getpid()}"
         tmp.write_bytes(gzip.decompress(gz.read_bytes()) if gz.exists() else (src / name).read_bytes())
         os.replace(tmp, raw / name)
-    train = FashionMNIST(str(base), train=True, download=False)
-    test = FashionMNIST(str(base), train=False, download=False)
+    return FashionMNIST(str(base), train=True, download=False), FashionMNIST(str(base), train=False, download=False)
+
+
+def fashion_mnist(root: str | None, cache: Path) -> DataSplits:
+    train, test = _fashion_idx(root, cache)
     return make_splits("fashion-mnist", train.data, train.targets, test.data, test.targets, classes=10,
                        val_size=5000, calib_size=1024, augment=Augment(pad=2, flip=True))
+
+
+def _classes(x: torch.Tensor, y: torch.Tensor, classes: tuple[int, ...],
+             per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of ``classes`` (the first ``per_class`` of each, in file order), labels renumbered 0..k-1."""
+    keep = torch.cat([(y == c).nonzero().flatten()[:per_class] for c in classes]).sort().values
+    remap = torch.full((int(y.max()) + 1,), -1, dtype=torch.int64)
+    remap[list(classes)] = torch.arange(len(classes))
+    return x[keep], remap[y[keep]]
+
+
+def fashion_mnist_hard(root: str | None, cache: Path) -> DataSplits:
+    """A harder task from the same files, so that quantization methods separate: only the four confusable
+    upper-body classes (:data:`HARD_CLASSES`), 1500 training images each. Splits: 5000 train, 1000 val,
+    1024 calib (train's head), 4000 test (every official test image of the four classes)."""
+    train, test = _fashion_idx(root, cache)
+    x, y = _classes(train.data, train.targets, HARD_CLASSES, HARD_TRAIN_PER_CLASS)
+    xt, yt = _classes(test.data, test.targets, HARD_CLASSES)
+    return make_splits("fashion-mnist-hard", x, y, xt, yt, classes=len(HARD_CLASSES), val_size=1000,
+                       calib_size=1024, augment=Augment(pad=2, flip=True))
 
 
 def digits(root: str | None, cache: Path) -> DataSplits:
@@ -88,6 +117,8 @@ def cifar10(root: str | None, cache: Path) -> DataSplits:
 
 DATASETS = (
     DatasetEntry("fashion-mnist", fashion_mnist, "Fashion-MNIST 28x28x1, Debian package (embedded default)"),
+    DatasetEntry("fashion-mnist-hard", fashion_mnist_hard,
+                 "Fashion-MNIST's 4 confusable tops (T-shirt, pullover, coat, shirt), 1500 train images each"),
     DatasetEntry("digits", digits, "scikit-learn digits 8x8x1, for fast tests"),
     DatasetEntry("cifar10", cifar10, "CIFAR-10 32x32x3 from a local folder (--data-root)"),
 )

@@ -1,9 +1,12 @@
 """Sweep configuration (command-line flags or a TOML file), validated, and its expansion into RunSpecs.
 
 The TOML file takes the flags' keys, spelt either way (``first-last`` or ``first_last``), plus the tables
-``[recipe_overrides]`` (recipe fields, as ``--set``) and ``[params.<plugin>]`` (a method's or target's
-parameters for every use of it). List keys take a TOML list or one comma-separated string. Every ill-typed
-value is reported, one line each, before anything runs (see ``examples/sweep.toml``).
+``[recipe_overrides]`` (recipe fields, as ``--set``), ``[params.<plugin>]`` (a method's or target's
+parameters for every use of it) and ``[method_budgets]`` (a method's own budgets, replacing ``budgets`` for
+that method only: HAWQ-V3's {4, 8} bits at ``size_mb=w5,w6,w7`` beside methods at 2-3 bits). List keys
+take a TOML list or one comma-separated string. Every ill-typed value is reported, one line each, before
+anything runs (see ``examples/sweep.toml``). A suite (:mod:`mpqbench.suites`) is such a file shipped with the
+package.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     recipe: str = "full"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    method_budgets: dict[str, list[str]] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     first_last: str = "8"
     out: str = "results"
@@ -65,12 +69,22 @@ class SweepConfig:
             raise UserError(f"config {path}:\n  " + "\n  ".join(errors))
         return cfg
 
+    @classmethod
+    def from_suite(cls, name: str) -> "SweepConfig":
+        """The configuration of a shipped suite (``mpqbench run --suite NAME``)."""
+        from mpqbench import suites
+
+        return cls.from_toml(str(suites.path(name)))
+
     def set(self, key: str, value: Any) -> None:
-        """Set a field from a command-line value (already split), validated like the TOML file."""
+        """Set a field from a command-line value (already split), validated like the TOML file. ``--budgets``
+        replaces every budget of the file, a method's own (``method_budgets``) included: what is passed runs."""
         try:
             setattr(self, key, _typed(key, value))
         except ValueError as exc:
             raise UserError(f"--{key.replace('_', '-')}: {exc}") from None
+        if key == "budgets":
+            self.method_budgets = {}
 
     def get_recipe(self) -> Recipe:
         return get_recipe(self.recipe).override(**self.recipe_overrides)
@@ -82,8 +96,10 @@ class SweepConfig:
             return None
         raise UserError(f"--first-last must be 8 or search, not {self.first_last!r}")
 
-    def parsed_budgets(self, registry) -> list[Budget]:
-        return parse_budgets(self.budgets, registry.tables["budget kind"]) if self.budgets else []
+    def parsed_budgets(self, registry, method: str | None = None) -> list[Budget]:
+        """The budgets of ``method`` (its own ``method_budgets`` if it has them), or the shared ones."""
+        texts = self.method_budgets.get(method, self.budgets)
+        return parse_budgets(texts, registry.tables["budget kind"]) if texts else []
 
     def expand(self, registry) -> list[RunSpec]:
         """The grid (dataset x model x method x budget x seed), with every name checked up front."""
@@ -100,18 +116,20 @@ class SweepConfig:
                    for m in self.methods]
         for m in methods:
             registry.method(m.name).check(m.kwargs)
+        for name in self.method_budgets:
+            registry.method(name)
         self.target_components(registry)  # validates target names and parameters
-        budgets = self.parsed_budgets(registry)
+        budgets = {m.name: self.parsed_budgets(registry, m.name) for m in methods}
         recipe, first_last = self.get_recipe(), self.first_last_bits()
         specs = []
         for dataset in self.datasets:
             for model in self.models:
                 for method in methods:
                     uses = registry.method(method.name).uses_budget(method.kwargs)
-                    if uses and not budgets:
+                    if uses and not budgets[method.name]:
                         raise UserError(f"method {method.name} needs a budget: pass --budgets KIND=VALUE "
                                         f"(e.g. size_mb=w4)")
-                    for budget in budgets if uses else [None]:
+                    for budget in budgets[method.name] if uses else [None]:
                         for seed in self.seeds:
                             specs.append(RunSpec(method, model, dataset, budget, int(seed), recipe, first_last))
         return list(dict.fromkeys(specs))
@@ -148,6 +166,10 @@ def _typed(key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError("expected a table of recipe fields")
         return dict(value)
+    if key == "method_budgets":
+        if not isinstance(value, dict):
+            raise ValueError("expected a table of method = budgets")
+        return {name: _typed("budgets", v) for name, v in value.items()}
     if key == "params":
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
             raise ValueError("expected tables [params.<plugin>] of parameters")

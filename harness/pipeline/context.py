@@ -23,6 +23,7 @@ from mpqbench.quant.quantizers import configure_lsq
 from mpqbench.system.meter import measure
 from mpqbench.train.loop import LossFn, Trainer
 from mpqbench.train.losses import kd
+from mpqbench.train.ptq import calibrate
 from mpqbench.train.recipe import Recipe
 
 
@@ -85,13 +86,18 @@ class RunContext:
 
     def finetune(self, model: BitPolicy | QuantModel, *, epochs: int | None = None,
                  losses: dict[str, LossFn] | None = None) -> QuantModel:
-        """The shared fine-tune recipe (LSQ QAT from the FP32 checkpoint), with optional extra loss terms."""
+        """The shared fine-tune recipe (LSQ QAT from the FP32 checkpoint), with optional extra loss terms. With
+        zero epochs it is post-training quantization: the steps are calibrated on the calibration split by the
+        recipe's ``ptq_init`` (:mod:`mpqbench.train.ptq`), never left to initialise on the first test batch."""
         qmodel = self.quant_model(model) if isinstance(model, BitPolicy) else model
         trainer = self.trainer(qmodel, epochs=epochs)
         for name, fn in (losses or {}).items():
             trainer.add_loss(name, fn)
-        if trainer.epochs and not qmodel.is_float:
-            trainer.fit()
+        if not qmodel.is_float:
+            if trainer.epochs:
+                trainer.fit()
+            else:
+                calibrate(qmodel.to(self.device), self.data.calib, self.recipe.ptq_init)
         return qmodel.eval()
 
     def kd(self, temperature: float = 4.0) -> LossFn:

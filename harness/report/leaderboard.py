@@ -220,9 +220,10 @@ def plot(df: pd.DataFrame, stem: Path) -> list[Path]:
 def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard",
           records: Iterable[RunRecord] | None = None) -> list[Path]:
     """``stem``.md (the Markdown table), .csv and .json (with provenance, :mod:`mpqbench.report.provenance`),
-    .svg and .png (the trade-off figure) and, given the records, a per-layer bit map per (model, data set,
-    budget) in ``bitmaps/``."""
-    from mpqbench.report import bitmaps, provenance
+    .svg and .png (the trade-off figure), ``stem``-pareto.svg and .png (top-1 against average weight bits)
+    where methods ran at several budgets of one kind, and, given the records, a per-layer bit map per (model,
+    data set, budget) in ``bitmaps/``."""
+    from mpqbench.report import bitmaps, plots, provenance
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
@@ -230,6 +231,8 @@ def write(df: pd.DataFrame, out_dir: Path, stem: str = "leaderboard",
     paths[1].write_text(provenance.to_csv(df))
     paths[2].write_text(provenance.to_json(df) + "\n")
     paths += plot(df, out_dir / stem)
+    if plots.sweeps(df):
+        paths += plots.save(plots.pareto_figure(df), out_dir / f"{stem}-pareto")
     if records is not None:
         for written in bitmaps.write(df, records, out_dir / "bitmaps").values():
             paths += written

@@ -9,6 +9,12 @@ recipe is the line style. Error bars are ± one sample standard deviation over t
 is the Pareto front of the row means (no other row is both cheaper and more accurate). Colours are the
 Okabe-Ito palette (distinguishable with the common colour-vision deficiencies), each paired with a marker,
 assigned per method family in a stable order so a method keeps its colour across figures.
+
+The Pareto figure (:func:`pareto_figure`) has one panel per (model, data set, recipe) whose methods were run at
+several budgets of one kind (a suite's budget sweep): top-1 against the average weight bits the finalized
+models have (parameter-weighted, measured, not the budget asked for), so methods run under different budget
+kinds share one axis. Each method is one line per budget kind over its budgets (the kind is the line style);
+uniform rows are points, each its own bitwidth.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ LINESTYLES = ["-", "--", ":", "-."]
 SWEEP_PARAMS = {"uniform": ("w",)}
 """Parameters that move a method along its own trade-off curve (uniform's bitwidth): rows that differ only
 in these are one series."""
+
+KIND_STYLES = {"avg_bits": "-", "size_mb": "--", "bitops_g": ":"}
+"""Line style of a method's series per budget kind in the Pareto figure (other kinds: dash-dot)."""
 
 AXES = {"size_mb": ("weight size (log2 scale)", 2**20, units.size),
         "bitops_g": ("BitOPs per image (log2 scale)", 1e9, lambda v: units.si(v, ""))}
@@ -93,6 +102,26 @@ def _fp32_levels(rows: pd.DataFrame) -> list[float]:
     return sorted({round(float(v), 2) for v in values})
 
 
+def _front_and_reference(ax, rows: pd.DataFrame, xs: np.ndarray, ys: np.ndarray) -> None:
+    """The grey Pareto front of the quantized row means (``xs`` cost, ``ys`` top-1) and the FP32 level lines."""
+    if len(xs) > 1:
+        front = pareto(xs, ys)
+        ax.step(xs[front], ys[front], where="post", color="0.55", linewidth=5, alpha=0.35, zorder=1,
+                solid_capstyle="round")
+    for level in _fp32_levels(rows):
+        ax.axhline(level, color="0.2", linestyle=(0, (5, 3)), linewidth=1, zorder=2)
+        ax.annotate(f"FP32 {level:.2f}", (0, level), xycoords=("axes fraction", "data"), xytext=(3, 3),
+                    textcoords="offset points", ha="left", va="bottom", fontsize=7, color="0.2")
+
+
+def _reference_handles() -> list:
+    """Legend entries of what :func:`_front_and_reference` draws."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color="0.55", linewidth=5, alpha=0.35, label="Pareto front"),
+            Line2D([], [], color="0.2", linestyle=(0, (5, 3)), label="FP32 checkpoint")]
+
+
 def panel(ax, rows: pd.DataFrame, x: str, palette: dict[str, tuple[str, str]], recipes: list[str]) -> None:
     """One trade-off panel: series, error bars, Pareto front, FP32 line, budget marks."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -105,15 +134,7 @@ def panel(ax, rows: pd.DataFrame, x: str, palette: dict[str, tuple[str, str]], r
         ax.errorbar(series[x] * scale, series["top1"], yerr=series["top1_std"].fillna(0).to_numpy(), color=colour,
                     marker=marker, markersize=5, capsize=2.5, elinewidth=0.9, linewidth=1.4, zorder=3,
                     linestyle=LINESTYLES[recipes.index(recipe) % len(LINESTYLES)] if len(series) > 1 else "none")
-    if len(quant) > 1:
-        xs, ys = quant[x].to_numpy(float) * scale, quant["top1"].to_numpy(float)
-        front = pareto(xs, ys)
-        ax.step(xs[front], ys[front], where="post", color="0.55", linewidth=5, alpha=0.35, zorder=1,
-                solid_capstyle="round")
-    for level in _fp32_levels(rows):
-        ax.axhline(level, color="0.2", linestyle=(0, (5, 3)), linewidth=1, zorder=2)
-        ax.annotate(f"FP32 {level:.2f}", (0, level), xycoords=("axes fraction", "data"), xytext=(3, 3),
-                    textcoords="offset points", ha="left", va="bottom", fontsize=7, color="0.2")
+    _front_and_reference(ax, rows, quant[x].to_numpy(float) * scale, quant["top1"].to_numpy(float))
     kind = {"size_mb": "size_mb", "bitops_g": "bitops_g"}[x]
     budgets = rows[rows["budget"].astype(str).str.startswith(kind + "=")]
     for text, value in budgets.groupby("budget")["budget_value"].first().items():
@@ -129,6 +150,69 @@ def panel(ax, rows: pd.DataFrame, x: str, palette: dict[str, tuple[str, str]], r
     ax.set_ylabel("top-1 % (fake-quant)")
     ax.grid(alpha=0.25, linewidth=0.6)
     ax.tick_params(labelsize=8)
+
+
+def budget_kind(budget: str) -> str:
+    """``avg_bits=2.5`` -> ``avg_bits``; ``latency_us@fpga-sim:preset=x=10`` -> ``latency_us@fpga-sim``."""
+    return str(budget).rpartition("=")[0].split(":")[0]
+
+
+def sweeps(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (model, data set, recipe) groups, in table order, where some method finished several budgets of one
+    kind: the groups the Pareto figure draws."""
+    done = df[(df["seeds"] > 0) & (df["budget"] != "-")]
+    kinds = done["budget"].map(budget_kind)
+    counts = done.groupby(["model", "dataset", "recipe", "method", kinds])["budget"].nunique()
+    return list(dict.fromkeys(key[:3] for key, n in counts.items() if n > 1))
+
+
+def pareto_panel(ax, rows: pd.DataFrame, palette: dict[str, tuple[str, str]]) -> None:
+    """Top-1 against average weight bits: a line per (method, budget kind), uniform rows as points, the
+    Pareto front of the row means, the FP32 level."""
+    quant = rows[~rows.apply(is_reference, axis=1) & rows["top1"].notna() & rows["avg_w_bits"].notna()
+                 & (rows["seeds"] > 0)]
+    for (label, kind), series in quant.groupby([quant["method"], quant["budget"].map(budget_kind)], sort=True):
+        fam = family(label)
+        colour, marker = palette[fam]
+        baseline = fam.split("(")[0] in BASELINES
+        series = series.sort_values("avg_w_bits")
+        ax.errorbar(series["avg_w_bits"], series["top1"], yerr=series["top1_std"].fillna(0).to_numpy(),
+                    color=colour, marker=marker, markersize=5, capsize=2.5, elinewidth=0.9, linewidth=1.4, zorder=3,
+                    linestyle="none" if baseline or len(series) < 2 else KIND_STYLES.get(kind, "-."))
+    _front_and_reference(ax, rows, quant["avg_w_bits"].to_numpy(float), quant["top1"].to_numpy(float))
+    ax.set_xlabel("average weight bits (parameter-weighted, measured)")
+    ax.set_ylabel("top-1 % (fake-quant)")
+    ax.grid(alpha=0.25, linewidth=0.6)
+    ax.tick_params(labelsize=8)
+
+
+def pareto_figure(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None = None):
+    """The Pareto figure: one panel per group of :func:`sweeps` (there must be one), one legend below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
+
+    groups = sweeps(df)
+    palette = palette or styles(df["method"])
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 3.8 * len(groups) + 1.4), squeeze=False,
+                             layout="constrained")
+    labels: set[str] = set()
+    for ax, (model, dataset, recipe) in zip(axes[:, 0], groups):
+        rows = df[(df["model"] == model) & (df["dataset"] == dataset) & (df["recipe"] == recipe)]
+        pareto_panel(ax, rows, palette)
+        ax.set_title(f"{model} / {dataset} / {recipe}", fontsize=10)
+        labels |= {str(m) for m in rows.loc[rows["seeds"] > 0, "method"] if not str(m).startswith("fp32")}
+    used = sorted({family(m) for m in labels})
+    kinds = sorted({budget_kind(b) for b in df.loc[df["seeds"] > 0, "budget"] if b != "-"})
+    handles = [Line2D([], [], color=palette[f][0], marker=palette[f][1],
+                      linestyle="none" if f.split("(")[0] in BASELINES else "-", label=f) for f in used]
+    handles += [Line2D([], [], color="0.3", linestyle=KIND_STYLES.get(k, "-."), label=f"budgets: {k}") for k in kinds]
+    handles += _reference_handles()
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, frameon=False,
+               title="error bars: ± 1 sample std over seeds", title_fontsize=8)
+    return fig
 
 
 def tradeoff(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None = None):
@@ -154,8 +238,7 @@ def tradeoff(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None = None
     if len(recipes) > 1:
         handles += [Line2D([], [], color="0.3", linestyle=LINESTYLES[i % len(LINESTYLES)], label=f"recipe: {r}")
                     for i, r in enumerate(recipes)]
-    handles += [Line2D([], [], color="0.55", linewidth=5, alpha=0.35, label="Pareto front"),
-                Line2D([], [], color="0.2", linestyle=(0, (5, 3)), label="FP32 checkpoint")]
+    handles += _reference_handles()
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, frameon=False,
                title="error bars: ± 1 sample std over seeds; dotted verticals: budgets", title_fontsize=8)
     return fig

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from mpqbench.errors import UserError
 from mpqbench.quant.quantizers import FAKE_QUANT_MODES, LSQ_GRADIENTS
+from mpqbench.train.ptq import PTQ_INITS
 
 FP32_FIELDS = ("fp32_epochs", "fp32_lr", "fp32_wd", "batch_size", "momentum", "train_subset", "threads")
 """The fields that determine the FP32 checkpoint; changing any other field reuses it."""
@@ -24,6 +25,11 @@ class Recipe:
     PyTorch's fused operator, which decides it on ``round(x/s)``); ``fake_quant`` runs LSQ activations
     ``eager`` or ``compiled`` (``torch.compile``: same values, a faster step after a one-off compile of
     about 15 s per process, so the tiny test recipe stays eager).
+
+    ``ptq_init`` is how the quantizer steps are set when the fine-tune has zero epochs (post-training
+    quantization): ``mse`` (MSE-optimal clipping on the calibration split, the default) or ``lsq`` (LSQ's own
+    initialisation on a calibration batch); see :mod:`mpqbench.train.ptq`. It matters only then, so it is
+    recorded only then (earlier run ids with fine-tune epochs stay valid).
 
     ``threads`` is the number of torch threads every job of the recipe trains and evaluates with, whatever
     ``--jobs`` is: floating-point sums are split differently with more threads, so the thread count is part
@@ -46,6 +52,7 @@ class Recipe:
     test_subset: int | None = None
     fp32_seed: int | None = None
     threads: int = 1
+    ptq_init: str = "mse"
 
     def __post_init__(self):
         checks = [("fp32_epochs", self.fp32_epochs >= 0), ("qat_epochs", self.qat_epochs >= 0),
@@ -55,16 +62,20 @@ class Recipe:
                   ("train_subset", self.train_subset is None or self.train_subset >= 1),
                   ("test_subset", self.test_subset is None or self.test_subset >= 1),
                   ("fp32_seed", self.fp32_seed is None or self.fp32_seed >= 0),
-                  ("lsq_grad", self.lsq_grad in LSQ_GRADIENTS), ("fake_quant", self.fake_quant in FAKE_QUANT_MODES)]
+                  ("lsq_grad", self.lsq_grad in LSQ_GRADIENTS), ("fake_quant", self.fake_quant in FAKE_QUANT_MODES),
+                  ("ptq_init", self.ptq_init in PTQ_INITS)]
         for name, ok in checks:
             if not ok:
                 raise UserError(f"recipe field {name}={getattr(self, name)!r} is out of range")
 
     def to_json(self) -> dict:
-        """The recipe as recorded; an unset ``fp32_seed`` is left out so earlier run ids stay valid."""
+        """The recipe as recorded; an unset ``fp32_seed``, and ``ptq_init`` when there is a fine-tune, are left
+        out so earlier run ids stay valid."""
         data = asdict(self)
         if data["fp32_seed"] is None:
             del data["fp32_seed"]
+        if self.qat_epochs:
+            del data["ptq_init"]
         return data
 
     def fp32_seed_for(self, seed: int) -> int:
