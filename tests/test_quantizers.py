@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpqbench.quant.quantizers import (AffineQuantizer, LSQQuantizer, Quantizer, configure_lsq, int_range,
-                                      round_ste)
+from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, Quantizer, configure_lsq, int_range, round_ste
 
 
 @pytest.mark.parametrize("bits,signed,expected", [(2, True, (-2, 1)), (4, False, (0, 15)), (8, True, (-128, 127))])

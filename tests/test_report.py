@@ -19,10 +19,9 @@ from scipy import stats
 
 from mpqbench.cli import main
 from mpqbench.errors import UserError
-from mpqbench.pipeline.record import RunRecord
+from mpqbench.pipeline.record import RunRecord, pack_correct
 from mpqbench.pipeline.store import RunStore
 from mpqbench.report import bitmaps, compare, latex, leaderboard, plots, provenance, terminal, units
-from mpqbench.pipeline.record import pack_correct
 from mpqbench.report import columns as C
 from mpqbench.train.recipe import get_recipe
 
