@@ -128,6 +128,21 @@ def test_executor_equals_a_float64_evaluation_of_the_integer_formulas(make, bits
     assert np.array_equal(executor.run(imodel, x), _float64_reference(imodel, x))
 
 
+def test_the_network_input_stays_8_bit_when_the_first_layer_is_searched():
+    """A policy giving the first layer 3-bit activations is read back with 8: the images are 8-bit pixels and
+    the integer model takes them as they are (before, the export declared a 3-bit input and the executor
+    refused the pixels)."""
+    model = ResNetCifar(8, ImageShape(1, 8, 10))
+    layout = make_layout(model)
+    q = QuantModel(model, layout, BitPolicy.uniform(layout, 3, 3))
+    assert q.policy()[layout.first].a == 8 and q.policy()[layout.last].a == 3
+    q.train()
+    with torch.no_grad():
+        q(torch.rand(32, 1, 8, 8))
+    x = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8))
+    assert executor.run(export(q.eval(), (1, 8, 8)), x).shape == (4, 10)
+
+
 def test_export_load_round_trip_is_lossless(tmp_path):
     imodel = export(_calibrated(ResNetCifar(8, ImageShape(1, 8, 10)), 3), (1, 8, 8), {"note": "x"})
     imodel.save(tmp_path / "m.npz")

@@ -31,6 +31,9 @@ def default_weight_quantizer(layer: nn.Module, bits: int) -> Quantizer:
     return LSQQuantizer(bits, signed=True, channels=layer.weight.shape[0])
 
 
+INPUT_BITS = 8
+
+
 def input_quantizer(bits: int) -> Quantizer:
     """The network input: images in [0, 1] on a fixed unsigned grid, so 8-bit codes are the raw pixels."""
     return AffineQuantizer(bits, fixed_range=(0.0, 1.0))
@@ -75,6 +78,11 @@ class QuantModel(nn.Module):
         return self.info.point_of(layer)
 
     def point_bits(self, policy: BitPolicy, point: str) -> int:
+        """The bits of a quantization point: the most any layer reading it asks for. The network input is
+        always 8 bits (the images are 8-bit pixels, and the integer model takes them as they are), so a policy
+        giving the first layer fewer activation bits is read back, and measured, with 8."""
+        if point == self.info.input_point:
+            return INPUT_BITS
         p = self.info.points[point]
         return max(policy[layer].a for layer in (p.layers or p.feeds))
 
