@@ -35,8 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpqbench import hookimpl
-from mpqbench.api import Method
-from mpqbench.cost.allocation import allocate, check_bits, lowest_policy, searched_units
+from mpqbench.api import AllocationMethod
+from mpqbench.cost.allocation import allocate
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
 from mpqbench.plugin.params import Choice
@@ -87,24 +87,20 @@ def unit_scores(model: nn.Module, groups: Mapping[str, Sequence[str]], images: t
     return scores, reference
 
 
-class Sensitivity(Method):
+class Sensitivity(AllocationMethod):
     name = "sensitivity"
     version = "1"
     description = "per-unit quantization damage on validation images (loss, accuracy or SNR), integer program"
     params = {"metric": Choice(*METRICS), "candidates": (2, 3, 4, 5, 6, 7, 8), "a": 8, "images": 512}
 
     def check(self, params) -> None:
-        check_bits(self.name, params["candidates"], params["a"])
+        super().check(params)
         if params["images"] < 1:
             raise UserError(f"sensitivity: images={params['images']} must be at least 1")
 
-    def smallest_policy(self, params, layout, fixed):
-        return lowest_policy(layout, fixed, params["candidates"], params["a"])
-
     def search(self, run):
         p = run.params
-        candidates = check_bits(self.name, p["candidates"], p["a"])
-        units = searched_units(run.layout, run.fixed)
+        candidates, units = self.candidates_and_units(run)
         groups = {run.layout.unit_name(g): g for g in run.layout.weight_groups}
         val = run.data.val
         images, labels = val.x[:p["images"]], val.y[:p["images"]]

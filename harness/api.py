@@ -10,6 +10,7 @@ labels rows with every parameter that differs from its default.
 
 from mpqbench.data.splits import ImageShape
 from mpqbench.errors import Unavailable, UserError, WorkerDied
+from mpqbench.plugin.allocating import AllocationMethod
 from mpqbench.plugin.hookspecs import hookimpl
 from mpqbench.plugin.objects import (
                                      Benchmark,
@@ -25,6 +26,6 @@ from mpqbench.plugin.objects import (
 )
 from mpqbench.quant.policy import BitPolicy
 
-__all__ = ["Benchmark", "BitPolicy", "BudgetKind", "DatasetEntry", "Executor", "ImageShape", "Method", "Metric",
-           "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError", "WorkerDied",
-           "hookimpl"]
+__all__ = ["AllocationMethod", "Benchmark", "BitPolicy", "BudgetKind", "DatasetEntry", "Executor", "ImageShape",
+           "Method", "Metric", "ModelEntry", "QuantizerEntry", "Target", "TargetReport", "Unavailable", "UserError",
+           "WorkerDied", "hookimpl"]

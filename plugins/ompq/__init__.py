@@ -74,8 +74,8 @@ from scipy.optimize import minimize
 from torch import nn
 
 from mpqbench import hookimpl
-from mpqbench.api import Benchmark, Method
-from mpqbench.cost.allocation import Allocation, Fixed, allocate, check_bits, lowest_policy, searched_units, unit_policy
+from mpqbench.api import AllocationMethod, Benchmark
+from mpqbench.cost.allocation import Allocation, Fixed, allocate, check_bits, unit_policy
 from mpqbench.cost.budget import Budget
 from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
@@ -218,7 +218,7 @@ def random_bits(run, units: list[str], candidates: tuple[int, ...], act_bits: in
     return bits
 
 
-class OMPQ(Method):
+class OMPQ(AllocationMethod):
     name = "ompq"
     version = "2"
     description = "ORM (linear CKA) importance from one batch, integer program over weight bits (Ma et al. 2023)"
@@ -239,13 +239,9 @@ class OMPQ(Method):
                 raise UserError(f"ompq: solver=slsqp-round rounds to integers, so candidates must be a range of at "
                                 f"least two bitwidths (e.g. 4-8), not {'/'.join(map(str, candidates))}")
 
-    def smallest_policy(self, params, layout, fixed):
-        return lowest_policy(layout, fixed, params["candidates"], params["a"])
-
     def search(self, run):
         p = run.params
-        candidates = check_bits(self.name, p["candidates"], p["a"])
-        units = searched_units(run.layout, run.fixed)
+        candidates, units = self.candidates_and_units(run)
         record = run.extra["ompq"] = {"allocation": p["allocation"], "solver": p["solver"], "units": units}
         if p["allocation"] == "random":
             with run.measure("search:random"):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from mpqbench import hookimpl
-from mpqbench.api import Method
-from mpqbench.cost.allocation import allocate, check_bits, lowest_policy, searched_units
+from mpqbench.api import AllocationMethod
+from mpqbench.cost.allocation import allocate
 from mpqbench.quant.quantizers import int_range
 
 
@@ -27,22 +27,17 @@ def quant_error(weight: torch.Tensor, bits: int) -> float:
     return float(((w - q) ** 2).sum())
 
 
-class QError(Method):
+class QError(AllocationMethod):
     name = "qerror"
     version = "1"
     description = "least total weight-quantization error within the budget (per-channel max-abs grids)"
     params = {"candidates": (2, 3, 4, 6, 8), "a": 8}
 
-    def check(self, params):
-        check_bits(self.name, params["candidates"], params["a"])  # a one-line UserError before any run
-
-    def smallest_policy(self, params, layout, fixed):
-        return lowest_policy(layout, fixed, params["candidates"], params["a"])
+    # check (a one-line UserError before any run) and smallest_policy come from AllocationMethod
 
     def search(self, run):
         p = run.params
-        candidates = check_bits(self.name, p["candidates"], p["a"])
-        units = searched_units(run.layout, run.fixed)
+        candidates, units = self.candidates_and_units(run)
         groups = {run.layout.unit_name(g): g for g in run.layout.weight_groups}
         modules = dict(run.fp32_model().named_modules())
         with run.measure("search:errors"):
