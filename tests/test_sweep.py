@@ -186,3 +186,37 @@ def test_a_single_module_plugin_hashes_its_own_file_only(plugin_path, tmp_path):
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert first == second and len(first.strip()) == 16
     assert source_hash("mpqbench.plugins.arm_qemu") != source_hash("mpqbench.plugins.ompq")
+
+
+class _BreakingPool:
+    """A stand-in process pool that runs jobs at once and, once, breaks while the driver submits (the window
+    between a worker's death and the driver seeing it)."""
+
+    broke = False
+
+    def __init__(self, *args, **kwargs):
+        self._processes = {}
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        if args[0] == 1 and not _BreakingPool.broke:
+            _BreakingPool.broke = True
+            raise BrokenProcessPool("a child process terminated abruptly")
+        future = Future()
+        future.set_result(args[1]())
+        return future
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_a_job_refused_by_a_pool_that_just_broke_is_run_in_the_next_pool(monkeypatch):
+    from mpqbench.pipeline import executors
+
+    monkeypatch.setattr(executors, "ProcessPoolExecutor", _BreakingPool)
+    monkeypatch.setattr(executors, "_STARTS", type("Starts", (), {"put": lambda self, item: None})())
+    jobs = [lambda n=n: n * 10 for n in range(4)]
+    results = dict(executors.ProcessExecutor().run(jobs, 2, {}))
+    assert _BreakingPool.broke and results == {0: 0, 1: 10, 2: 20, 3: 30}

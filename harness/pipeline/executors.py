@@ -99,8 +99,9 @@ class ProcessExecutor(Executor):
                 try:
                     while pending or running:
                         while pending and len(running) < workers:
-                            i = pending.popleft()
+                            i = pending[0]  # taken off only once submitted: a pool that broke meanwhile refuses it
                             running[pool.submit(_tracked, i, jobs[i])] = i
+                            pending.popleft()
                             if on_start:
                                 on_start(i)
                         processes.update(getattr(pool, "_processes", None) or {})
