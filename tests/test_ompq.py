@@ -1,7 +1,10 @@
 """OMPQ: the ORM (linear CKA), importance, a full search, its controls and solvers on the tiny run."""
 
 import contextlib
+import itertools
+import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from mpqbench.cost.model import CostModel
 from mpqbench.data.splits import ImageShape
 from mpqbench.errors import UserError
 from mpqbench.plugins.ompq import linear_budget, log_coefficients, normalised, orm_signal, slsqp_round, solve
+from mpqbench.plugins.ompq.knapsack import integer_coefficients, solve_exact
 from mpqbench.plugins.ompq.orm import importance, orm_matrix, suffix_log_mean
 
 NO_TIMER = lambda phase: contextlib.nullcontext()  # noqa: E731
@@ -92,60 +96,83 @@ def test_log_space_coefficients_equal_the_direct_ones(beta):
     theta = np.exp(-beta * gamma)
     direct = np.array([theta[i:].mean() for i in range(9)])
     assert np.allclose(np.exp(log_c), direct, rtol=1e-12, atol=0)
-    assert np.allclose(normalised(log_c, "test"), direct / direct.max(), rtol=1e-12, atol=0)
+    assert np.allclose(normalised(log_c), direct / direct.max(), rtol=1e-12, atol=0)
 
 
 @pytest.fixture(scope="module")
 def resnet20(mpqbench_registry):
-    """ResNet-20's layout and costs (random weights: no features are read), first/last pinned at W8A8, and a
-    budget at the uniform 3-bit size."""
+    """A stand-in run on ResNet-20's layout and costs (random weights: no features are read), first/last pinned at
+    W8A8, with a budget at the uniform 3-bit size: what :func:`solve` reads."""
     entry = mpqbench_registry.model("resnet20")
     model = entry.build(ImageShape(3, 32, 10))
     layout = entry.layout(model)
     cost = CostModel.measure(model, layout, (3, 32, 32))
     fixed = {layout.first: (8, 8), layout.last: (8, 8)}
-    return layout, cost, fixed, parse_budgets("size_mb=w3")[0].resolve(cost, fixed)
+    return SimpleNamespace(layout=layout, cost=cost, fixed=fixed, budget=parse_budgets("size_mb=w3")[0].resolve(
+        cost, fixed), measure=NO_TIMER)
 
 
-def _resnet20_like_orm(n: int) -> np.ndarray:
-    """Off-diagonal ORM 0.80-0.92 (gamma ~14-16, as measured on ResNet-20), the last unit least similar."""
+def _resnet20_like_orm(n: int, most_orthogonal: int = -1) -> np.ndarray:
+    """Off-diagonal ORM 0.80-0.92 (gamma ~14-16, as measured on ResNet-20), one unit least similar."""
     rng = np.random.default_rng(1)
     orm = rng.uniform(0.80, 0.92, size=(n, n))
     orm = (orm + orm.T) / 2
-    orm[-1, :] = orm[:, -1] = 0.78
+    orm[most_orthogonal, :] = orm[:, most_orthogonal] = 0.78
     np.fill_diagonal(orm, 1.0)
     return orm
 
 
-def test_beta_100_keeps_finite_coefficients_and_fills_the_budget(resnet20):
+def _maximal(run, result, top: int = 8) -> bool:
+    """No unit can take one more bit within the budget."""
+    return all(not run.budget.met(run.cost, unit_policy(run.layout, run.fixed, {**result.bits, u: b + 1}, 8))
+               for u, b in result.bits.items() if b < top)
+
+
+@pytest.mark.parametrize("most_orthogonal", [-1, 0])
+def test_beta_100_fills_the_budget_and_orders_units_by_coefficient(resnet20, most_orthogonal):
     """The official PTQ beta: every direct theta underflows to 0 (the old code then returned all-2-bit weights
-    with the budget unused); in log space the coefficients stay finite and the program spends the budget."""
-    layout, cost, fixed, budget = resnet20
-    units = searched_units(layout, fixed)
-    gamma, log_theta, log_c = importance(_resnet20_like_orm(len(units)), beta=100.0)
+    with the budget unused). With the most orthogonal unit last, c_i = 1/(L-i+1) (position only); with it
+    first, every later c is ~e^-40 of it, under any MILP tolerance: the exact program still spends the budget
+    and, among units of equal cost, never gives a unit more bits than one with a larger coefficient."""
+    units = searched_units(resnet20.layout, resnet20.fixed)
+    gamma, log_theta, log_c = importance(_resnet20_like_orm(len(units), most_orthogonal), beta=100.0)
     assert 13 < gamma.min() and gamma.max() < 17
     assert not np.exp(log_theta).any()  # what the direct formula gives
-    c = normalised(log_c, "beta=100")
-    assert np.isfinite(c).all() and c.max() == 1.0 and c.min() > 0
-    # the most orthogonal unit is the last, so its theta alone survives: c_i = 1/(L-i+1), position only
-    assert np.allclose(c, np.exp(log_coefficients("position", len(units), None)))
-    candidates = (2, 3, 4, 5, 6, 7, 8)
-    result = solve(layout, cost, budget, fixed, units, c, candidates, 8, NO_TIMER)
-    assert budget.met(cost, result.policy)
+    if most_orthogonal == -1:
+        assert np.allclose(normalised(log_c), np.exp(log_coefficients("position", len(units), None)))
+    else:
+        assert (log_c[1:] - log_c[0] < -30).all()
+    result = solve(resnet20, units, log_c, (2, 3, 4, 5, 6, 7, 8), 8)
+    assert resnet20.budget.met(resnet20.cost, result.policy) and _maximal(resnet20, result)
     assert set(result.bits.values()) != {2}
-    for unit, bits in result.bits.items():  # maximal: no unit can take one more bit within the budget
-        if bits < 8:
-            assert not budget.met(cost, unit_policy(layout, fixed, {**result.bits, unit: bits + 1}, 8)), unit
+    params = resnet20.cost.unit_params()
+    for i, u in enumerate(units):
+        for j, v in enumerate(units):
+            if params[u] == params[v] and log_c[i] > log_c[j]:
+                assert result.bits[u] >= result.bits[v], (u, v)
 
 
-def test_coefficients_below_the_program_resolution_are_an_error():
-    """The most orthogonal unit first: at beta = 100 every later coefficient is ~e^-40 of it, too small for
-    the program to tell their bits apart."""
-    gamma = np.array([14.0, 14.4, 14.5, 14.6])
-    log_c = suffix_log_mean(-100.0 * gamma)
-    with pytest.raises(UserError, match=r"beta=100 with gamma 14\.\.14\.6 gives coefficients down to 1e-"):
-        normalised(log_c, "beta=100 with gamma 14..14.6")
-    assert normalised(suffix_log_mean(-1.0 * gamma), "beta=1").min() > 0.5  # a modest beta is fine
+def test_the_exact_program_matches_brute_force_over_any_coefficient_range():
+    rng = np.random.default_rng(0)
+    for case in range(150):
+        n, candidates = int(rng.integers(2, 6)), (2, 3, 4, 6)
+        cost = rng.integers(1, 9, size=n) * 0.125
+        log_c = rng.normal(size=n) * (3 if case % 2 else 300)  # the odd cases span e^-1000 and more
+        room = float(cost.sum() * rng.uniform(2, 5))
+        bits = solve_exact(log_c, cost, room, candidates)
+        exact = integer_coefficients(log_c)  # the brute force compares exact integers too
+        best = max(sum(c * b for c, b in zip(exact, option)) for option in itertools.product(candidates, repeat=n)
+                   if np.dot(cost, option) <= room)
+        assert np.dot(cost, bits) <= room and sum(c * b for c, b in zip(exact, bits)) == best
+    with pytest.raises(UserError, match="no policy"):
+        solve_exact(np.zeros(2), np.array([1.0, 1.0]), 3.0, (2, 3))
+
+
+def test_integer_coefficients_keep_their_ratios():
+    log_c = np.array([0.0, -1.0, -700.0, -1500.0])
+    exact = integer_coefficients(log_c)
+    assert exact[3] == 1 << 60 and exact[0] > exact[1] > exact[2] > exact[3]
+    assert exact[1] / exact[0] == pytest.approx(math.exp(-1.0), rel=1e-15)
 
 
 def test_nan_features_are_an_error_not_coefficients(method_run):
@@ -226,7 +253,7 @@ def test_search_meets_the_budget_and_records_the_signal(method_run):
     assert len(record["batch_indices"]) == 32 and record["bn"] == "eval"
     assert np.array(record["orm"]).shape == (2, 2)
     assert set(record["c"]) == set(record["log_c"]) == set(record["log_theta"]) == {"conv2", "conv3"}
-    assert max(record["c"].values()) == 1.0 and "Optimal" in record["solver_status"]
+    assert max(record["c"].values()) == 1.0 and "optimal" in record["solver_status"]
     assert record["solver"] == "exact"
     assert {"search:features", "search:orm", "search:solver"} <= set(run.phases)
     assert all(policy[layer].a == 8 for layer in run.layout.layers)

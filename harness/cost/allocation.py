@@ -1,8 +1,10 @@
 """One bitwidth per unit under the run's budget: a real integer program, solved by HiGHS (``scipy.optimize.milp``).
 
-A method scores every (unit, bits) pair (OMPQ: ``c_i * b``, maximised; HAWQ-V3: ``trace_i * Delta_i(b)``,
-minimised); :func:`allocate` returns the best policy whose cost, measured exactly as the harness measures it
-(``Budget.met`` on the final :class:`BitPolicy`), meets the budget.
+A method scores every (unit, bits) pair (the sensitivity baseline: the measured drop, minimised; HAWQ-V3:
+``trace_i * Delta_i(b)``, minimised); :func:`allocate` returns the best policy whose cost, measured exactly as
+the harness measures it (``Budget.met`` on the final :class:`BitPolicy`), meets the budget. Scores must lie
+within the solver's tolerance of each other (about 1e-6 of the largest): OMPQ's span many decades and it
+solves its own, simpler program exactly instead (``mpqbench.plugins.ompq.knapsack``).
 
 Formulation
 -----------

@@ -19,13 +19,14 @@ importance, and one integer program spends the budget.
    of 100 every theta is 0 and the program would silently return all-lowest bits. Even where nothing
    underflows, a large beta makes the most orthogonal unit's theta dwarf the others (10^3-10^6 x at beta = 10
    on ResNet-20): when that unit is the last, c_i ~ 1/(L-i+1) is a function of position alone (compare
-   ``allocation=position``); when it is an early one, every later c is that tiny fraction of it. A
-   coefficient under :data:`RESOLUTION` of the largest is a UserError (its unit's bits would be left to the
-   solver's tolerance and the budget could go unused); NaN or inf features a RuntimeError.
+   ``allocation=position``); when it is an early one, every later c is that tiny fraction of it, and only an
+   exact solver still ranks the later units (below). NaN or inf features are a RuntimeError.
 5. **Program** (``solver``):
 
    * ``exact`` (default): maximise sum_i c_i b_i over b_i in ``candidates`` within the run's budget, solved
-     exactly by :func:`mpqbench.cost.allocation.allocate`. A linear objective under one budget row lands on a
+     exactly by a dynamic program in integer arithmetic (:mod:`.knapsack`), so coefficients e^-600 apart
+     (beta = 100) still order the units and the budget is spent: a general MILP solver ranks coefficients
+     under its tolerance (1e-6 of the largest) by noise. A linear objective under one budget row lands on a
      vertex: nearly every unit at its lowest or highest candidate. Expect min/max-heavy policies and read
      nothing into intermediate bitwidths.
    * ``slsqp-round``: the official procedure (:func:`slsqp_round`), which does not solve its own program:
@@ -75,12 +76,12 @@ from torch import nn
 
 from mpqbench import hookimpl
 from mpqbench.api import AllocationMethod, Benchmark
-from mpqbench.cost.allocation import Allocation, Fixed, allocate, check_bits, unit_policy
+from mpqbench.cost.allocation import Allocation, check_bits, unit_policy
 from mpqbench.cost.budget import Budget
-from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.errors import UserError
 from mpqbench.plugin.params import Choice
+from mpqbench.plugins.ompq.knapsack import solve_exact
 from mpqbench.plugins.ompq.orm import (
     BN_MODES,
     extract_features,
@@ -93,13 +94,6 @@ from mpqbench.plugins.ompq.orm import (
 from mpqbench.quant.layout import QuantLayout
 
 Timer = Callable[[str], ContextManager]
-
-RESOLUTION = 1e-4
-"""Smallest coefficient, relative to the largest, that the exact program resolves. ``allocate`` scales scores
-to [-1, 1] and HiGHS works to absolute tolerances of 1e-7..1e-6, so units far below the largest are ranked by
-noise: on ResNet-20 (size budget, 2-8 bits) with the other 17 units at 1e-5 of the first, it returned a
-policy 1% under the budget and short of the optimum, found exactly from 3e-5 up; 1e-4 keeps a margin."""
-
 
 def orm_signal(model: nn.Module, layout: QuantLayout, units: list[str], images: torch.Tensor, bn: str, beta: float,
                timer: Timer) -> dict[str, np.ndarray]:
@@ -116,11 +110,6 @@ def orm_signal(model: nn.Module, layout: QuantLayout, units: list[str], images: 
     return {"orm": orm, "gamma": gamma, "log_theta": log_theta, "log_c": log_c}
 
 
-def spread(gamma: np.ndarray) -> str:
-    """gamma's range, for messages."""
-    return f"{np.min(gamma):.4g}..{np.max(gamma):.4g}"
-
-
 def log_coefficients(allocation: str, n: int, signal: dict[str, np.ndarray] | None) -> np.ndarray:
     """log c per unit, in network order, for ``orm`` and its controls (see the module docstring)."""
     if allocation == "greedy":
@@ -132,24 +121,27 @@ def log_coefficients(allocation: str, n: int, signal: dict[str, np.ndarray] | No
     return signal["log_c"]
 
 
-def normalised(log_c: np.ndarray, source: str) -> np.ndarray:
-    """c / max(c), from log c so nothing underflows; a coefficient under :data:`RESOLUTION` of the largest is a
-    UserError naming ``source`` (what produced the coefficients), never a policy the budget does not shape."""
-    c = np.exp(log_c - log_c.max())
-    if not np.all(c >= RESOLUTION):  # NaN fails too
-        decades = (log_c.min() - log_c.max()) / math.log(10)
-        raise UserError(f"ompq: {source} gives coefficients down to 1e{decades:.0f} of the largest, under the "
-                        f"exact program's resolution {RESOLUTION:g} (those units' bits would be arbitrary): "
-                        "lower beta")
-    return c
+def normalised(log_c: np.ndarray) -> np.ndarray:
+    """c / max(c), for the record (the program itself reads log c)."""
+    return np.exp(log_c - log_c.max())
 
 
-def solve(layout: QuantLayout, cost: CostModel, budget: Budget | None, fixed: Fixed, units: list[str],
-          c: np.ndarray, candidates: tuple[int, ...], act_bits: int, timer: Timer) -> Allocation:
-    """Maximise sum_i c_i b_i within the budget (phase ``search:solver``)."""
-    scores = {u: {b: float(ci) * b for b in candidates} for u, ci in zip(units, c)}
-    with timer("search:solver"):
-        return allocate(layout, cost, budget, fixed, scores, candidates, act_bits, maximize=True)
+def solve(run, units: list[str], log_c: np.ndarray, candidates: tuple[int, ...], act_bits: int) -> Allocation:
+    """Maximise sum_i c_i b_i within the budget, exactly (phase ``search:solver``); the objective is reported
+    with c normalised to a largest of 1. ``run`` is the RunContext, or anything with its ``layout``, ``cost``,
+    ``budget``, ``fixed`` and ``measure`` (the search benchmark, tests)."""
+    with run.measure("search:solver"):
+        if len(candidates) == 1:
+            bits = {u: candidates[0] for u in units}
+        else:
+            cost, room = linear_budget(run, units, candidates, act_bits)
+            bits = dict(zip(units, solve_exact(log_c, cost / 8, room, candidates)))
+    policy = unit_policy(run.layout, run.fixed, bits, act_bits)
+    if not run.budget.met(run.cost, policy):
+        raise RuntimeError(f"ompq: the exact program's policy misses {run.budget.text} (a bug)")
+    objective = float(normalised(log_c) @ np.array([bits[u] for u in units]))
+    return Allocation(bits, policy, objective, "optimal (exact dynamic program)", 0.0,
+                      run.budget.measure(run.cost, policy))
 
 
 def needed_budget(run) -> Budget:
@@ -176,8 +168,7 @@ def linear_budget(run, units: list[str], candidates: tuple[int, ...], act_bits: 
     probes = [{**lowest, u: b} for u in units for b in candidates[1:-1]] + [{u: high for u in units}]
     for bits in probes:
         if not math.isclose(measure(bits), base + sum(per_bit[u] * (bits[u] - low) for u in units), rel_tol=1e-9):
-            raise UserError(f"ompq: solver=slsqp-round needs a budget linear in weight bits; "
-                            f"{budget.kind.name} is not")
+            raise UserError(f"ompq needs a budget linear in weight bits; {budget.kind.name} is not")
     slope = np.array([per_bit[u] for u in units])
     return 8 * slope, budget.value - (base - low * slope.sum())
 
@@ -220,7 +211,7 @@ def random_bits(run, units: list[str], candidates: tuple[int, ...], act_bits: in
 
 class OMPQ(AllocationMethod):
     name = "ompq"
-    version = "2"
+    version = "3"
     description = "ORM (linear CKA) importance from one batch, integer program over weight bits (Ma et al. 2023)"
     params = {"beta": 10.0, "candidates": (2, 3, 4, 5, 6, 7, 8), "a": 8, "batch": 32, "bn": Choice(*BN_MODES),
               "allocation": Choice("orm", "greedy", "random", "position", "reversed"),
@@ -249,12 +240,11 @@ class OMPQ(AllocationMethod):
             policy = unit_policy(run.layout, run.fixed, bits, p["a"])
             record.update(bits=bits, measured=run.budget.measure(run.cost, policy))
             return policy
-        signal, source = None, f"allocation={p['allocation']}"
+        signal = None
         if p["allocation"] in ("orm", "reversed"):
             indices = feature_batch(len(run.data.train), p["batch"], run.seed)
             signal = orm_signal(run.fp32_model(), run.layout, units, to_float(run.data.train.x[indices]), p["bn"],
                                 p["beta"], run.measure)
-            source = f"{source}, beta={p['beta']:g} with gamma {spread(signal['gamma'])}"
             record.update(batch_indices=indices.tolist(), bn=p["bn"], orm=np.round(signal["orm"], 4).tolist(),
                           gamma=rounded(dict(zip(units, signal["gamma"]))),
                           log_theta=rounded(dict(zip(units, signal["log_theta"]))))
@@ -269,9 +259,8 @@ class OMPQ(AllocationMethod):
             record.update(bits=bits, slsqp=trace, measured=run.budget.measure(run.cost, policy),
                           budget_met=run.budget.met(run.cost, policy))
             return policy
-        c = normalised(log_c, source)
-        record["c"] = rounded(dict(zip(units, c)))
-        result = solve(run.layout, run.cost, run.budget, run.fixed, units, c, candidates, p["a"], run.measure)
+        record["c"] = rounded(dict(zip(units, normalised(log_c))))
+        result = solve(run, units, log_c, candidates, p["a"])
         record.update(result.record())
         return result.policy
 

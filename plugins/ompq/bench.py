@@ -6,6 +6,7 @@ import argparse
 import functools
 import os
 import statistics
+from types import SimpleNamespace
 
 import torch
 
@@ -15,7 +16,7 @@ from mpqbench.cost.model import CostModel
 from mpqbench.data.loader import to_float
 from mpqbench.data.splits import ImageShape
 from mpqbench.plugin.params import resolve_defaults
-from mpqbench.plugins.ompq import OMPQ, normalised, orm_signal, solve
+from mpqbench.plugins.ompq import OMPQ, orm_signal, solve
 from mpqbench.system.meter import measure
 
 PHASES = ("search:features", "search:orm", "search:solver")
@@ -48,8 +49,8 @@ def main(args: list[str], registry) -> int:
         phases: dict = {}
         timer = functools.partial(measure, phases)
         log_c = orm_signal(model, layout, units, to_float(images), defaults["bn"], opts.beta, timer)["log_c"]
-        c = normalised(log_c, f"beta={opts.beta:g}")
-        result = solve(layout, cost, budget, fixed, units, c, candidates, a, timer)
+        problem = SimpleNamespace(layout=layout, cost=cost, budget=budget, fixed=fixed, measure=timer)
+        result = solve(problem, units, log_c, candidates, a)
         runs.append(phases)
     print(f"OMPQ search on {opts.model}, {opts.batch} images of 3x{opts.size}x{opts.size}, 1000 classes: random "
           "weights and random images (the cost does not depend on their values)")
