@@ -197,3 +197,44 @@ def test_records_round_trip_and_unknown_schemas_are_refused():
         RunRecord.from_json({**record.to_json(), "schema": 99})
     with pytest.raises(ValueError):
         RunRecord.from_json({**record.to_json(), "surprise": 1})
+
+
+def test_search_and_finetune_seeds_vary_separately(mpqbench_cell):
+    """``search_seed`` fixed: OMPQ's feature batch is the same for every run seed, the fine-tune is not;
+    ``finetune_seed`` fixed: the batch follows the run seed, and with a search that draws nothing (the greedy
+    control) two run seeds give the same model (one FP32 start for all: ``fp32_seed``)."""
+    def cell(seed, **seeds):
+        record, _ = mpqbench_cell("ompq", params=seeds.pop("params", ""), budget="size_mb=w4", seed=seed, fp32_seed=0,
+                                  **seeds)
+        assert record.status == "done", record.error
+        return record
+
+    fixed_search = [cell(s, search_seed=7) for s in (0, 1)]
+    assert fixed_search[0].extra["ompq"]["batch_indices"] == fixed_search[1].extra["ompq"]["batch_indices"]
+    assert fixed_search[0].training["finetune"] != fixed_search[1].training["finetune"]
+    assert fixed_search[0].spec["recipe"]["search_seed"] == 7 and "finetune_seed" not in fixed_search[0].spec["recipe"]
+    fixed_tune = [cell(s, finetune_seed=7) for s in (0, 1)]
+    assert fixed_tune[0].extra["ompq"]["batch_indices"] != fixed_tune[1].extra["ompq"]["batch_indices"]
+    greedy = [cell(s, finetune_seed=7, params="allocation=greedy") for s in (0, 1)]
+    assert greedy[0].training["finetune"] == greedy[1].training["finetune"]
+    assert greedy[0].metrics["top1"] == greedy[1].metrics["top1"]
+
+
+def test_search_inside_train_takes_the_search_seed_and_leaves_the_finetune_draws_alone(mpqbench_run):
+    draws = {}
+    for search_seed in (3, 4):
+        run = mpqbench_run("uniform", budget="size_mb=w4", seed=0, search_seed=search_seed)
+        with run.seeded("train"):
+            assert run.seed == 0
+            with run.searching():
+                assert run.seed == search_seed
+                assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(search_seed)))
+            assert run.seed == 0
+            draws[search_seed] = torch.rand(3)
+    assert torch.equal(draws[3], draws[4])
+    unset = mpqbench_run("uniform", budget="size_mb=w4", seed=2)
+    with unset.seeded("search"):  # no stage seed fixed: nothing is reseeded
+        torch.manual_seed(11)
+        before = torch.rand(2)
+    torch.manual_seed(11)
+    assert unset.seed == 2 and torch.equal(before, torch.rand(2))

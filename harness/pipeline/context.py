@@ -45,6 +45,9 @@ class RunContext:
     data: DataSplits
     recipe: Recipe
     seed: int
+    """The seed of the stage being run: the run's seed, unless the recipe fixes ``search_seed`` (then that one
+    while the method searches: in ``search`` and inside :meth:`searching`) or ``finetune_seed`` (while it
+    trains)."""
     budget: Budget | None
     fixed: dict[str, tuple[int, int]]
     fp32: nn.Module
@@ -113,6 +116,27 @@ class RunContext:
 
     @contextmanager
     def searching(self):
-        """Book search work a method does inside ``train`` as search time (phase ``train:search``)."""
-        with measure(self.phases, "train:search"):
+        """Book search work a method does inside ``train`` as search time (phase ``train:search``), under the
+        search seed when the recipe fixes one (torch's generator forked, so the fine-tune's draws after it do
+        not depend on the search seed)."""
+        with measure(self.phases, "train:search"), self.seeded("search", fork=True):
             yield
+
+    @contextmanager
+    def seeded(self, stage: str, fork: bool = False):
+        """Run ``stage`` (``search`` or ``train``) with :attr:`seed` and torch's global generator at that stage's
+        seed when the recipe fixes a search or fine-tune seed (:meth:`Recipe.stage_seeds`); when it fixes neither,
+        nothing is reseeded, so runs recorded before these fields existed replay exactly."""
+        seeds = self.recipe.stage_seeds(self.spec.seed)
+        if seeds is None:
+            yield
+            return
+        outer = self.seed
+        with torch.random.fork_rng(devices=[], enabled=fork):
+            self.seed = seeds[0] if stage == "search" else seeds[1]
+            torch.manual_seed(self.seed)
+            try:
+                yield
+            finally:
+                if fork:
+                    self.seed = outer

@@ -77,12 +77,14 @@ def _pipeline(run: RunContext, record: RunRecord, artifacts: Artifacts, registry
         return registry.pm.hook.mpqbench_stage(run=run, stage=name, call=call)
 
     method = run.method
-    searched: BitPolicy = stage("search", lambda: method.search(run))
+    with run.seeded("search"):
+        searched: BitPolicy = stage("search", lambda: method.search(run))
     _check(searched, run, "search returned")
     record.searched_policy = searched.to_json()
     try:
-        model = stage("train", lambda: method.train(run, searched))
-        model = stage("finalize", lambda: method.finalize(run, model))
+        with run.seeded("train"):
+            model = stage("train", lambda: method.train(run, searched))
+            model = stage("finalize", lambda: method.finalize(run, model))
     finally:
         record.training = {name: t.history for name, t in run.trainers.items()}
         record.phases = run.phases

@@ -19,7 +19,11 @@ class Recipe:
     Weight decay applies to conv/linear weights only (not to BN, biases or quantizer steps). Subsets cut
     the training/test splits for quick runs and are part of the run's identity. ``fp32_seed`` fixes the
     FP32 starting point across run seeds (as papers fine-tune one pretrained model), so seeds then vary
-    only the search sampling and the fine-tune; ``None`` trains one FP32 model per run seed.
+    only the search sampling and the fine-tune; ``None`` trains one FP32 model per run seed. ``search_seed``
+    and ``finetune_seed`` likewise fix the seed of the search (everything a method draws while it searches:
+    feature batches, Hutchinson probes, Bernoulli draws, the search's data order) or of the fine-tune across
+    run seeds, so that a sweep over ``--seeds`` varies the other alone: fine-tune noise and search noise are
+    then measured separately (see ``RunContext.seed``).
 
     ``lsq_grad`` picks LSQ's gradient (``paper``: clipping decided on ``x/s``, as Esser et al.; ``torch``:
     PyTorch's fused operator, which decides it on ``round(x/s)``); ``fake_quant`` runs LSQ activations
@@ -51,6 +55,8 @@ class Recipe:
     train_subset: int | None = None
     test_subset: int | None = None
     fp32_seed: int | None = None
+    search_seed: int | None = None
+    finetune_seed: int | None = None
     threads: int = 1
     ptq_init: str = "mse"
 
@@ -61,7 +67,8 @@ class Recipe:
                   ("momentum", 0 <= self.momentum < 1), ("threads", self.threads >= 1),
                   ("train_subset", self.train_subset is None or self.train_subset >= 1),
                   ("test_subset", self.test_subset is None or self.test_subset >= 1),
-                  ("fp32_seed", self.fp32_seed is None or self.fp32_seed >= 0),
+                  *((key, getattr(self, key) is None or getattr(self, key) >= 0)
+                    for key in ("fp32_seed", "search_seed", "finetune_seed")),
                   ("lsq_grad", self.lsq_grad in LSQ_GRADIENTS), ("fake_quant", self.fake_quant in FAKE_QUANT_MODES),
                   ("ptq_init", self.ptq_init in PTQ_INITS)]
         for name, ok in checks:
@@ -69,11 +76,12 @@ class Recipe:
                 raise UserError(f"recipe field {name}={getattr(self, name)!r} is out of range")
 
     def to_json(self) -> dict:
-        """The recipe as recorded; an unset ``fp32_seed``, and ``ptq_init`` when there is a fine-tune, are left
-        out so earlier run ids stay valid."""
+        """The recipe as recorded; unset seeds, and ``ptq_init`` when there is a fine-tune, are left out so
+        earlier run ids stay valid."""
         data = asdict(self)
-        if data["fp32_seed"] is None:
-            del data["fp32_seed"]
+        for key in ("fp32_seed", "search_seed", "finetune_seed"):
+            if data[key] is None:
+                del data[key]
         if self.qat_epochs:
             del data["ptq_init"]
         return data
@@ -81,6 +89,13 @@ class Recipe:
     def fp32_seed_for(self, seed: int) -> int:
         """The seed of the FP32 checkpoint a run with ``seed`` starts from."""
         return seed if self.fp32_seed is None else self.fp32_seed
+
+    def stage_seeds(self, seed: int) -> tuple[int, int] | None:
+        """(search seed, fine-tune seed) of a run with ``seed`` when either is fixed; None when both follow it."""
+        if self.search_seed is None and self.finetune_seed is None:
+            return None
+        return (seed if self.search_seed is None else self.search_seed,
+                seed if self.finetune_seed is None else self.finetune_seed)
 
     def fp32_key(self) -> dict:
         return {k: getattr(self, k) for k in FP32_FIELDS}
