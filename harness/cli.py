@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", metavar="A", help="results folder")
     compare.add_argument("b", metavar="B", nargs="?", help="second results folder (or use --methods)")
     compare.add_argument("--methods", type=_csv, metavar="X,Y", help="compare two methods (labels) within A")
+    compare.add_argument("--baseline", metavar="METHOD",
+                         help="every method of A against METHOD (e.g. uniform) at the same budget and A bits")
     compare.add_argument("--metric", default="top1", help="top1 (default), int_top1, drop, size_mb, bitops_g, ...")
     compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test")
     compare.add_argument("--format", choices=["text", "json"], default="text")
@@ -251,9 +253,11 @@ def cmd_publish(args, registry) -> int:
 def cmd_compare(args, registry) -> int:
     from mpqbench.report import compare
 
-    if (args.b is None) == (args.methods is None):
-        raise UserError("compare takes two results folders (A B) or one folder and --methods X,Y")
-    if args.methods is not None:
+    if sum(x is not None for x in (args.b, args.methods, args.baseline)) != 1:
+        raise UserError("compare takes two results folders (A B), or one folder and --methods X,Y or --baseline M")
+    if args.baseline is not None:
+        result = compare.baseline(_store(args.a).records(), args.baseline, metric=args.metric, alpha=args.alpha)
+    elif args.methods is not None:
         if len(args.methods) != 2:
             raise UserError(f"--methods takes two method labels, not {len(args.methods)}")
         result = compare.methods(_store(args.a).records(), *args.methods, metric=args.metric, alpha=args.alpha)

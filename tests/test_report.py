@@ -368,3 +368,18 @@ def test_cli_leaderboard_formats_and_filters(capsys):
     assert "two results folders" in capsys.readouterr().err
     assert main(["compare", str(PUBLISHED), "--methods", "ompq,nope"]) == 2
     assert "no rows of method 'nope'" in capsys.readouterr().err
+
+
+def test_compare_against_a_baseline_pairs_every_method_with_uniform_at_its_budget_and_activation_bits(capsys):
+    recs = sweep() + [record("lowact(a=4)", s, 84.0 + s, bits=(3, 4)) for s in range(3)]
+    recs += [record("uniform(a=4)", s, 83.0 + s, bits=(3, 4)) for s in range(2)]
+    result = compare.baseline(recs, "uniform")
+    pairs = {p.key["method"]: p for p in result.shared}
+    assert set(pairs) == {"mymethod", "greedy", "lowact(a=4)"}  # fp32 and the uniform rows are not compared
+    assert pairs["mymethod"].mean_a == pytest.approx(np.mean([85.0, 85.4, 84.9])) and pairs["mymethod"].pairs == 3
+    assert pairs["lowact(a=4)"].key["a_bits"] == 4.0 and pairs["lowact(a=4)"].pairs == 2  # its A4 uniform row
+    assert pairs["lowact(a=4)"].diff == pytest.approx(1.0)
+    assert [r["method"] for r in result.only_b] == ["broken"]
+    with pytest.raises(UserError, match="no rows of method 'hawq'"):
+        compare.baseline(recs, "hawq")
+    assert "A bits" in compare.render(result)

@@ -89,7 +89,7 @@ def seed_values(records: Iterable[RunRecord], metric: str, stale: bool = False) 
         raise UserError(f"--metric: unknown metric {metric!r} (known: {', '.join(METRICS)})")
     table = leaderboard.table(records, stale=stale)
     if table.empty:
-        return pd.DataFrame(columns=[*ROW_KEY, "values", "masks"])
+        return pd.DataFrame(columns=[*ROW_KEY, "a_bits", "values", "masks"])
     by_id = {r.id: leaderboard.flatten(r) for r in records}
     records_by_id = {r.id: r for r in records}
     values, masks = [], []
@@ -99,6 +99,7 @@ def seed_values(records: Iterable[RunRecord], metric: str, stale: bool = False) 
         found = {int(r["seed"]): records_by_id[r["id"]].correct_mask(metric) for r in runs}
         masks.append({seed: mask for seed, mask in found.items() if mask is not None})
     out = table[ROW_KEY].copy()
+    out["a_bits"] = table["mean_a_bits"].round(2)
     out["values"] = values
     out["masks"] = masks
     return out
@@ -195,6 +196,27 @@ def methods(records, method_a: str, method_b: str, metric: str = "top1", alpha: 
                    metric, alpha)
 
 
+def baseline(records, name: str = "uniform", metric: str = "top1", alpha: float = 0.05) -> Comparison:
+    """Every other method's rows of one sweep against the rows of method ``name`` (any parameters, e.g.
+    ``uniform(a=8)``) at the same (model, data set, recipe, budget) and the same mean activation bits: the claim
+    of a mixed-precision method is that its allocation beats the uniform one at equal cost, and activation bits
+    change accuracy on their own. A row with no such baseline row is listed as B-only; FP32 is left out."""
+    rows = seed_values(records, metric)
+    is_base = rows["method"].map(lambda label: label.split("(")[0]) == name
+    if not is_base.any():
+        raise UserError(f"no rows of method {name!r} to compare against (there are: "
+                        f"{', '.join(sorted(set(rows['method'])))})")
+    key = [k for k in ROW_KEY if k != "method"] + ["a_bits"]
+    result = Comparison(name, "each method", metric, alpha, [], [], [])
+    for method in sorted(set(rows.loc[~is_base & (rows["method"] != "fp32"), "method"])):
+        part = compare(rows[is_base], rows[rows["method"] == method], key, (name, method), metric, alpha)
+        for p in part.shared:
+            p.key = {"method": method, **p.key}
+        result.shared += part.shared
+        result.only_b += [{"method": method, **r} for r in part.only_b]
+    return result
+
+
 def render(result: Comparison, width: int = 120) -> str:
     """One table per (model, data set) of the shared rows, then the rows only one side has, then a legend."""
     out = io.StringIO()
@@ -205,12 +227,13 @@ def render(result: Comparison, width: int = 120) -> str:
         pairs.setdefault((p.key["model"], p.key["dataset"]), []).append(p)
     for (model, dataset), rows in pairs.items():
         several = len({p.key["recipe"] for p in rows}) > 1
-        shown = [k for k in ("method", "budget") if k in rows[0].key] + (["recipe"] if several else [])
+        shown = [k for k in ("method", "budget", "a_bits") if k in rows[0].key] + (["recipe"] if several else [])
         recipe = "" if several else f" · recipe {rows[0].key['recipe']}"
         console.print(Text(f"{model} · {dataset}{recipe}"))
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
         for k in shown:
-            table.add_column(k, overflow="fold", max_width={"method": 30, "budget": 14}.get(k, 22))
+            table.add_column({"a_bits": "A bits"}.get(k, k), overflow="fold",
+                             max_width={"method": 30, "budget": 14}.get(k, 22))
         for title in ("A", "B", "B - A", "95% CI", "pairs", "A-only/B-only"):
             table.add_column(title, justify="right", no_wrap=True)
         table.add_column("verdict", overflow="fold")
