@@ -20,6 +20,7 @@ from mpqbench.pipeline.config import SweepConfig
 from mpqbench.quant.quantizers import LSQQuantizer
 from mpqbench.report import leaderboard, plots
 from mpqbench.train.loop import accuracy, predict
+from mpqbench.train import reconstruct
 from mpqbench.train.ptq import CLIP_RATIOS, calibrate, mse_step
 from mpqbench.train.recipe import get_recipe
 
@@ -181,6 +182,35 @@ def test_ptq_init_is_recorded_only_without_a_fine_tune():
     assert quick.override(qat_epochs=0).to_json()["ptq_init"] == "mse"
     with pytest.raises(UserError, match="ptq_init"):
         quick.override(ptq_init="minmax")
+
+
+def test_ptq_reconstruct_is_recorded_only_when_on_and_without_a_fine_tune():
+    quick = get_recipe("quick")
+    assert "ptq_reconstruct" not in quick.override(qat_epochs=0).to_json()  # off: earlier PTQ ids stay valid
+    assert quick.override(qat_epochs=0, ptq_reconstruct=50).to_json()["ptq_reconstruct"] == 50
+    assert "ptq_reconstruct" not in quick.override(ptq_reconstruct=50).to_json()
+    with pytest.raises(UserError, match="ptq_reconstruct"):
+        quick.override(ptq_reconstruct=-1)
+
+
+def test_soft_rounding_starts_at_the_weights_and_ends_on_the_grid():
+    fraction = torch.tensor([0.0, 0.1, 0.49, 0.5, 0.9, 0.999])
+    assert torch.allclose(reconstruct.soft_rounding(reconstruct.initial_v(fraction)), fraction, atol=2e-4)
+
+
+def test_adaround_lowers_the_layer_output_error_and_leaves_weights_on_their_grid(mpqbench_run):
+    """2-bit weights, so rounding matters: the learned rounding's output error on the calibration data is below
+    round-to-nearest's for every layer, some weights round the other way, and the written-back weights are what
+    the model's own quantizer returns (on the grid), so export and targets see the learned rounding."""
+    run = mpqbench_run("uniform", params="w=2:a=8", qat_epochs=0, ptq_reconstruct=150)
+    model = run.finetune(run.method.search(run))
+    report = run.extra["ptq_reconstruct"]
+    assert set(report) == set(model.layers())  # the 8-bit first and last layers too
+    for name, layer in model.layers().items():
+        if layer.weight_quantizer.bits == 2:
+            assert report[name]["mse"] < report[name]["mse_nearest"] and report[name]["flipped"] > 0
+        assert torch.allclose(layer.weight_quantizer(layer.weight), layer.weight, atol=1e-6)
+    assert "train:reconstruct" in run.phases
 
 
 # --- hard data set, half-width model ----------------------------------------------------------------------------

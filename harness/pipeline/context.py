@@ -24,6 +24,7 @@ from mpqbench.system.meter import measure
 from mpqbench.train.loop import LossFn, Trainer
 from mpqbench.train.losses import kd
 from mpqbench.train.ptq import calibrate
+from mpqbench.train.reconstruct import reconstruct
 from mpqbench.train.recipe import Recipe
 
 
@@ -91,7 +92,9 @@ class RunContext:
                  losses: dict[str, LossFn] | None = None) -> QuantModel:
         """The shared fine-tune recipe (LSQ QAT from the FP32 checkpoint), with optional extra loss terms. With
         zero epochs it is post-training quantization: the steps are calibrated on the calibration split by the
-        recipe's ``ptq_init`` (:mod:`mpqbench.train.ptq`), never left to initialise on the first test batch."""
+        recipe's ``ptq_init`` (:mod:`mpqbench.train.ptq`), never left to initialise on the first test batch, then,
+        with ``ptq_reconstruct`` iterations, the weights' rounding is learned layer by layer
+        (:mod:`mpqbench.train.reconstruct`)."""
         qmodel = self.quant_model(model) if isinstance(model, BitPolicy) else model
         trainer = self.trainer(qmodel, epochs=epochs)
         for name, fn in (losses or {}).items():
@@ -101,6 +104,10 @@ class RunContext:
                 trainer.fit()
             else:
                 calibrate(qmodel.to(self.device), self.data.calib, self.recipe.ptq_init)
+                if self.recipe.ptq_reconstruct:
+                    with measure(self.phases, "train:reconstruct"):
+                        self.extra["ptq_reconstruct"] = reconstruct(qmodel, self.fp32_model(), self.data.calib,
+                                                                    self.recipe.ptq_reconstruct, self.seed)
         return qmodel.eval()
 
     def kd(self, temperature: float = 4.0) -> LossFn:

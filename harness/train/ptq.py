@@ -15,8 +15,8 @@ from the head of ``data.calib`` (``CALIB_IMAGES`` images, a subset of the traini
 
 Either way the one calibration forward pass (eval mode: BN keeps its running statistics) also initialises any
 other data-dependent quantizer still waiting for its first batch (the affine activation quantizer's range,
-a method's own quantizers). Steps a method already set (``set_step``) are kept. No block-wise reconstruction
-(AdaRound, BRECQ) is done: rows are plain round-to-nearest PTQ with calibrated steps.
+a method's own quantizers). Steps a method already set (``set_step``) are kept. Rounding is to nearest; the recipe's
+``ptq_reconstruct`` then learns it layer by layer (AdaRound, :mod:`mpqbench.train.reconstruct`).
 """
 
 from __future__ import annotations

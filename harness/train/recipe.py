@@ -33,7 +33,9 @@ class Recipe:
     ``ptq_init`` is how the quantizer steps are set when the fine-tune has zero epochs (post-training
     quantization): ``mse`` (MSE-optimal clipping on the calibration split, the default) or ``lsq`` (LSQ's own
     initialisation on a calibration batch); see :mod:`mpqbench.train.ptq`. It matters only then, so it is
-    recorded only then (earlier run ids with fine-tune epochs stay valid).
+    recorded only then (earlier run ids with fine-tune epochs stay valid). ``ptq_reconstruct`` (then too): AdaRound
+    iterations per layer after the calibration (:mod:`mpqbench.train.reconstruct`); 0, the default, keeps
+    round-to-nearest and is not recorded.
 
     ``threads`` is the number of torch threads every job of the recipe trains and evaluates with, whatever
     ``--jobs`` is: floating-point sums are split differently with more threads, so the thread count is part
@@ -59,6 +61,7 @@ class Recipe:
     finetune_seed: int | None = None
     threads: int = 1
     ptq_init: str = "mse"
+    ptq_reconstruct: int = 0
 
     def __post_init__(self):
         checks = [("fp32_epochs", self.fp32_epochs >= 0), ("qat_epochs", self.qat_epochs >= 0),
@@ -70,7 +73,7 @@ class Recipe:
                   *((key, getattr(self, key) is None or getattr(self, key) >= 0)
                     for key in ("fp32_seed", "search_seed", "finetune_seed")),
                   ("lsq_grad", self.lsq_grad in LSQ_GRADIENTS), ("fake_quant", self.fake_quant in FAKE_QUANT_MODES),
-                  ("ptq_init", self.ptq_init in PTQ_INITS)]
+                  ("ptq_init", self.ptq_init in PTQ_INITS), ("ptq_reconstruct", self.ptq_reconstruct >= 0)]
         for name, ok in checks:
             if not ok:
                 raise UserError(f"recipe field {name}={getattr(self, name)!r} is out of range")
@@ -84,6 +87,8 @@ class Recipe:
                 del data[key]
         if self.qat_epochs:
             del data["ptq_init"]
+        if self.qat_epochs or not self.ptq_reconstruct:
+            del data["ptq_reconstruct"]
         return data
 
     def fp32_seed_for(self, seed: int) -> int:
