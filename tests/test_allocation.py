@@ -111,3 +111,24 @@ def test_check_bits():
     for cands, a in (((1, 4), 8), ((4, 9), 8), ((), 8), ((4, 8), 3.5), ((4, 8), 12)):
         with pytest.raises(UserError):
             check_bits("m", cands, a)
+
+
+def test_a_searched_first_layer_reads_8_bit_input_in_every_policy_and_in_the_program(cnn):
+    """The network input is 8-bit pixels: a uniform W3A3 policy, a unit policy with activations following
+    weights, and the program's cost model all charge the first layer's input at 8 bits, so the policy a method
+    returns is the one the quantized model reads back and the budget it meets is the one measured."""
+    from mpqbench.api import BitPolicy
+    from mpqbench.quant.model import QuantModel
+
+    layout, cost = cnn
+    assert BitPolicy.uniform(layout, 3, 3)[layout.first].a == 8 and BitPolicy.uniform(layout, 3, 3)["conv2"].a == 3
+    assert BitPolicy.uniform(layout, 32, 32)[layout.first].a == 32  # the float row stays float
+    bits = {u: 2 for u in searched_units(layout, {})}
+    assert unit_policy(layout, {}, bits, None)[layout.first] == unit_policy(layout, {}, bits, 2)[layout.first]
+    budget = Budget(BUILTIN["bitops_g"], Budget(BUILTIN["bitops_g"], 1.0).measure(cost, BitPolicy.uniform(
+        layout, 3, 3)))
+    result = allocate(layout, cost, budget, {}, {u: {b: -b for b in (2, 3, 4)} for u in bits}, (2, 3, 4), None,
+                      maximize=False)
+    assert result.policy[layout.first].a == 8 and budget.met(cost, result.policy)
+    model = small_cnn(ImageShape(1, 8, 10))
+    assert QuantModel(model, layout, result.policy).policy() == result.policy

@@ -54,7 +54,7 @@ from mpqbench.cost.budget import Budget
 from mpqbench.cost.model import CostModel
 from mpqbench.errors import UserError
 from mpqbench.quant.layout import QuantLayout
-from mpqbench.quant.policy import MAX_BITS, MIN_BITS, BitPolicy
+from mpqbench.quant.policy import INPUT_BITS, MAX_BITS, MIN_BITS, BitPolicy
 
 Fixed = Mapping[str, tuple[int, int]]
 RESOLVES = 3
@@ -195,7 +195,7 @@ def allocate(layout: QuantLayout, cost: CostModel, budget: Budget | None, fixed:
             continue
         u = unit_of[layer]
         group = layout.act_group_of(layer)
-        pinned = {fixed[m][1] for m in group if m in fixed}
+        pinned = {fixed[m][1] for m in group if m in fixed} or ({INPUT_BITS} if layout.first in group else set())
         if len(pinned) > 1:
             raise ValueError(f"the run pins different activation bits on layers reading one tensor: {group}")
         if pinned or act_bits is not None:

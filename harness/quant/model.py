@@ -10,7 +10,7 @@ from torch import nn
 from mpqbench.quant.graph import GraphInfo, Point, quant_graph
 from mpqbench.quant.layers import ActQuant, QuantConv2d, QuantLinear
 from mpqbench.quant.layout import QuantLayout
-from mpqbench.quant.policy import FLOAT_BITS, BitPolicy
+from mpqbench.quant.policy import FLOAT_BITS, INPUT_BITS, BitPolicy
 from mpqbench.quant.quantizers import AffineQuantizer, LSQQuantizer, Quantizer
 
 ActFactory = Callable[[Point, int], Quantizer]
@@ -31,7 +31,6 @@ def default_weight_quantizer(layer: nn.Module, bits: int) -> Quantizer:
     return LSQQuantizer(bits, signed=True, channels=layer.weight.shape[0])
 
 
-INPUT_BITS = 8
 
 
 def input_quantizer(bits: int) -> Quantizer:
@@ -78,9 +77,8 @@ class QuantModel(nn.Module):
         return self.info.point_of(layer)
 
     def point_bits(self, policy: BitPolicy, point: str) -> int:
-        """The bits of a quantization point: the most any layer reading it asks for. The network input is
-        always 8 bits (the images are 8-bit pixels, and the integer model takes them as they are), so a policy
-        giving the first layer fewer activation bits is read back, and measured, with 8."""
+        """The bits of a quantization point: the most any layer reading it asks for; the network input's are
+        always :data:`INPUT_BITS` (a policy built by ``BitPolicy`` never asks for fewer there)."""
         if point == self.info.input_point:
             return INPUT_BITS
         p = self.info.points[point]

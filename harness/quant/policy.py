@@ -11,6 +11,10 @@ MIN_BITS, MAX_BITS = 2, 8
 """The bitwidths a quantized layer may use."""
 FLOAT_BITS = 32
 """Bits that mean "left in floating point" (the FP32 reference row)."""
+INPUT_BITS = 8
+"""Bits of the network input, which the first layer reads: images are 8-bit pixels and the integer model takes
+them as they are, so a quantized policy never gives the first layer fewer activation bits (a searched first
+layer's weights still take any bitwidth)."""
 
 
 @dataclass(frozen=True)
@@ -52,17 +56,19 @@ class BitPolicy(Mapping[str, LayerBits]):
     def uniform(cls, layout, w: int, a: int, fixed: Mapping[str, tuple[int, int]] | None = None) -> "BitPolicy":
         """Every layer at (w, a), except the ``fixed`` ones (e.g. first/last at 8 bits)."""
         fixed = fixed or {}
-        return cls({layer: fixed.get(layer, (w, a)) for layer in layout.layers})
+        return cls({layer: fixed.get(layer, (w, max(a, INPUT_BITS) if layer == layout.first else a))
+                    for layer in layout.layers})
 
     @classmethod
     def from_unit_bits(cls, layout, weight_bits: Mapping[str, int], act_bits: Mapping[str, int] | int,
                        fixed: Mapping[str, tuple[int, int]] | None = None) -> "BitPolicy":
         """Expand per-unit weight bits to layers; ``act_bits`` per layer or one value for all. Layers that
         read the same tensor get the largest activation bitwidth any of them asks for, or the pinned one
-        when one of them is ``fixed``."""
+        when one of them is ``fixed``; the first layer's input is never under :data:`INPUT_BITS`."""
         fixed = fixed or {}
         w = {layer: weight_bits[layout.unit_name(g)] for g in layout.weight_groups for layer in g}
         a = {layer: act_bits if isinstance(act_bits, int) else act_bits[layer] for layer in layout.layers}
+        a[layout.first] = max(a[layout.first], INPUT_BITS)
         for g in layout.act_groups:
             pinned = [fixed[layer][1] for layer in g if layer in fixed]
             shared = max(pinned) if pinned else max(a[layer] for layer in g)
