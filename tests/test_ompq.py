@@ -266,7 +266,7 @@ def test_search_covers_first_and_last_when_the_run_searches_them(method_run):
     assert run.budget.met(run.cost, policy)
     assert run.extra["ompq"]["units"] == ["conv1", "conv2", "conv3", "fc"]
     assert {policy[layer].w for layer in run.layout.layers} <= {2, 3, 4}
-    assert all(policy[layer].a == 4 for layer in run.layout.layers)
+    assert all(policy[layer].a == (8 if layer == run.layout.first else 4) for layer in run.layout.layers)
 
 
 def test_residual_features_and_bitops_budget(method_run):

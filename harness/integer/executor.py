@@ -104,15 +104,19 @@ def conv(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:
     else:
         x = np.pad(x.astype(dtype), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
         win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # N, C, OH, OW, kh, kw
-        c = win.shape[1]
-        if groups == c == o:
-            acc = np.einsum("nchwij,cij->nchw", win, wf[:, 0])
+        c, oh, ow = win.shape[1:4]
+        if groups == c == o:  # depthwise: one multiply-add of a strided slice per tap (an einsum over the
+            acc = np.zeros((len(x), c, oh, ow), dtype)  # window view is several times slower)
+            for i in range(kh):
+                for j in range(kw):
+                    acc += x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * wf[None, :, 0, i, j,
+                                                                                               None, None]
         else:
             og = o // groups
             acc = np.concatenate([
                 np.einsum("nchwij,ocij->nohw", win[:, g * cg:(g + 1) * cg], wf[g * og:(g + 1) * og])
                 for g in range(groups)], axis=1)
-    acc = _to_int(acc) * (1 << op.attrs["acc_shift"]) + imodel.array(op, "bias").astype(np.int64)[None, :, None, None]
+    acc = _shifted(_to_int(acc), op) + imodel.array(op, "bias").astype(np.int64)[None, :, None, None]
     return _requant_out(imodel, op, _check_acc(acc, op))
 
 
@@ -120,13 +124,18 @@ def linear(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray
     x = inputs[0].reshape(len(inputs[0]), -1) - op.attrs["in_zero_point"]
     w = imodel.mac_weight(op)
     dtype = _float_type(imodel, op, w.shape[1], w)
-    acc = _to_int(x.astype(dtype) @ w.astype(dtype).T) * (1 << op.attrs["acc_shift"]) + imodel.array(
-        op, "bias").astype(np.int64)
+    acc = _shifted(_to_int(x.astype(dtype) @ w.astype(dtype).T), op) + imodel.array(op, "bias").astype(np.int64)
     return _requant_out(imodel, op, _check_acc(acc, op))
 
 
 def _to_int(a: np.ndarray) -> np.ndarray:
-    return a if a.dtype == np.int64 else np.rint(a).astype(np.int64)
+    """int64 from a float sum that the bound check proved to be an exact integer (so no rounding is needed)."""
+    return a if a.dtype == np.int64 else a.astype(np.int64)
+
+
+def _shifted(acc: np.ndarray, op: Op) -> np.ndarray:
+    shift = op.attrs["acc_shift"]
+    return acc << shift if shift else acc
 
 
 def add(imodel: IntegerModel, op: Op, inputs: list[np.ndarray]) -> np.ndarray:

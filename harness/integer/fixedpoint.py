@@ -53,7 +53,7 @@ def rounding_shift(p: np.ndarray, shift) -> np.ndarray:
 def requantize(acc: np.ndarray, mult, shift) -> np.ndarray:
     """``rounding_shift(acc * m, s)`` with per-channel ``m``/``s`` broadcast along axis 1."""
     mult, shift = _channel(acc, mult), _channel(acc, shift)
-    return rounding_shift(acc.astype(np.int64) * mult.astype(np.int64), shift)
+    return rounding_shift(acc.astype(np.int64, copy=False) * mult.astype(np.int64), shift)
 
 
 def _channel(x: np.ndarray, values) -> np.ndarray:
