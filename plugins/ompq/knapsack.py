@@ -17,8 +17,9 @@ noise. Here nothing is lost to scale:
   Python integers): the optimum, not an approximation. Among policies of equal objective (only when
   coefficients are exactly equal, as with ``allocation=greedy``) the one spending more of the budget wins.
 
-The state count is the budget's slack over the all-lowest policy in cost units (ResNet-20 at the 3-bit size:
-a few thousand); more than :data:`MAX_STATES` is a RuntimeError rather than a silent approximation.
+The state count is the budget's slack over the all-lowest policy in cost units (on 28x28 inputs: ResNet-20 about
+1,000 at the 3-bit size and 300 at W3A8 BitOPs; MobileNetV2 137,000 and 1.1 million, seconds to a minute or
+two); more than :data:`MAX_STATES` is a RuntimeError rather than a silent approximation.
 """
 
 from __future__ import annotations
