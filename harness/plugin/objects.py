@@ -28,8 +28,7 @@ class Method:
     """An MPQ method. Subclasses set ``name``/``version``/``params`` and implement :meth:`search`.
 
     The contract, in the order the core calls it: :meth:`check`, :meth:`units` and :meth:`smallest_policy`
-    before any run
-    (bad parameters and budgets the method can never meet are refused in one line), then per run
+    before any run (bad parameters and budgets the method can never meet are refused in one line), then per run
     :meth:`search` -> :meth:`train` -> :meth:`finalize`. ``train`` defaults to the shared fine-tune recipe
     (LSQ QAT from the common FP32 checkpoint), so a method that only searches bitwidths is compared on equal
     terms; methods that learn bitwidths while training override it (and book that time with

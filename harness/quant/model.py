@@ -31,8 +31,6 @@ def default_weight_quantizer(layer: nn.Module, bits: int) -> Quantizer:
     return LSQQuantizer(bits, signed=True, channels=layer.weight.shape[0])
 
 
-
-
 def input_quantizer(bits: int) -> Quantizer:
     """The network input: images in [0, 1] on a fixed unsigned grid, so 8-bit codes are the raw pixels."""
     return AffineQuantizer(bits, fixed_range=(0.0, 1.0))

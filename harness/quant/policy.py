@@ -54,10 +54,9 @@ class BitPolicy(Mapping[str, LayerBits]):
 
     @classmethod
     def uniform(cls, layout, w: int, a: int, fixed: Mapping[str, tuple[int, int]] | None = None) -> "BitPolicy":
-        """Every layer at (w, a), except the ``fixed`` ones (e.g. first/last at 8 bits)."""
-        fixed = fixed or {}
-        return cls({layer: fixed.get(layer, (w, max(a, INPUT_BITS) if layer == layout.first else a))
-                    for layer in layout.layers})
+        """Every layer at (w, a), except the ``fixed`` ones (e.g. first/last at 8 bits); the input rule of
+        :meth:`from_unit_bits` applies."""
+        return cls.from_unit_bits(layout, {layout.unit_name(g): w for g in layout.weight_groups}, a, fixed)
 
     @classmethod
     def from_unit_bits(cls, layout, weight_bits: Mapping[str, int], act_bits: Mapping[str, int] | int,

@@ -67,6 +67,12 @@ def _act_hook(module: nn.Module, args) -> None:
         q.set_step(mse_step(args[0], q.qmin, q.qmax, per_channel=False))
 
 
+def calibration_batch(model: nn.Module, calib: Split) -> torch.Tensor:
+    """The head of the calibration split (``CALIB_IMAGES`` images) as float input on ``model``'s device."""
+    device = next(model.parameters()).device
+    return to_float(calib.x[:CALIB_IMAGES]).to(device).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def calibrate(model, calib: Split, rule: str) -> None:
     """Set the pending steps of ``model`` (a QuantModel) from the calibration split by ``rule`` (``mse`` or
@@ -78,8 +84,7 @@ def calibrate(model, calib: Split, rule: str) -> None:
             if _pending(q):
                 q.set_step(mse_step(layer.weight, q.qmin, q.qmax, per_channel=bool(q.channels)))
         hooks = [act.register_forward_pre_hook(_act_hook) for act in model.points().values()]
-    device = next(model.parameters()).device
-    x = to_float(calib.x[:CALIB_IMAGES]).to(device).contiguous(memory_format=torch.channels_last)
+    x = calibration_batch(model, calib)
     model.eval()
     try:
         model(x)

@@ -14,7 +14,7 @@ down or up so that the layer's output on calibration data stays close to the FP3
   are already rounded); the regulariser, off for the first 20% of the iterations, then with ``beta`` annealed
   from 20 to 2, drives every ``h`` to 0 or 1;
 * Adam (lr 1e-3) on V alone, batches of 32 of the calibration images (the ``CALIB_IMAGES`` that calibrated
-  the steps); then ``W <- s * clamp(floor(W / s) + [h(V) >= 0.5])``: the weight sits on its grid, so the
+  the steps, :func:`mpqbench.train.ptq.calibration_batch`); then ``W <- s * clamp(floor(W / s) + [h(V) >= 0.5])``: the weight sits on its grid, so the
   model's own round-to-nearest reproduces the learned rounding and every target runs it unchanged.
 
 Choices where the paper differs: it runs 10k-20k iterations per layer and ``lam`` = 0.01 on ImageNet; here the
@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpqbench.data.loader import to_float
 from mpqbench.data.splits import Split
 from mpqbench.quant.layers import QuantConv2d
 from mpqbench.quant.quantizers import LSQQuantizer
-from mpqbench.train.ptq import CALIB_IMAGES
+from mpqbench.train.ptq import calibration_batch
 
 ZETA, GAMMA = 1.1, -0.1
 LAM = 0.01
@@ -128,9 +127,8 @@ def reconstruct(model, fp32: nn.Module, calib: Split, iters: int, seed: int = 0)
     """AdaRound every quantized layer of ``model`` (a calibrated QuantModel) against ``fp32``, in network order;
     returns per layer what :func:`adaround_layer` reports. Layers at float precision or with a quantizer other
     than LSQ are left as they are."""
-    device = next(model.parameters()).device
-    images = to_float(calib.x[:CALIB_IMAGES]).to(device).contiguous(memory_format=torch.channels_last)
-    fp32 = fp32.to(device).eval()
+    images = calibration_batch(model, calib)
+    fp32 = fp32.to(images.device).eval()
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     report = {}
