@@ -13,9 +13,10 @@ down or up so that the layer's output on calibration data stays close to the FP3
   ``x~`` (the paper's asymmetric form, so a layer also corrects the error of the layers before it, which
   are already rounded); the regulariser, off for the first 20% of the iterations, then with ``beta`` annealed
   from 20 to 2, drives every ``h`` to 0 or 1;
-* Adam (lr 1e-3) on V alone, batches of 32 of the calibration images (the ``CALIB_IMAGES`` that calibrated
-  the steps, :func:`mpqbench.train.ptq.calibration_batch`); then ``W <- s * clamp(floor(W / s) + [h(V) >= 0.5])``: the weight sits on its grid, so the
-  model's own round-to-nearest reproduces the learned rounding and every target runs it unchanged.
+* Adam (lr 1e-3) on V alone, batches of 32 of the calibration images that calibrated the steps
+  (:func:`mpqbench.train.ptq.calibration_batch`); then ``W <- s * clamp(floor(W / s) + [h(V) >= 0.5])``: the
+  weight sits on its grid, so the model's own round-to-nearest reproduces the learned rounding and every
+  target runs it unchanged.
 
 Choices where the paper differs: it runs 10k-20k iterations per layer and ``lam`` = 0.01 on ImageNet; here the
 count is the recipe's (a few hundred keep a ResNet-20 PTQ row in minutes on a CPU) and ``lam`` scales with
