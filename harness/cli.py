@@ -318,11 +318,7 @@ def cmd_verify(args, registry) -> int:
 
     store = _store(args.results)
     record = store.find(args.run_id)
-    if "int_top1" not in record.metrics:
-        raise UserError(f"run {record.id} has no integer model to verify")
-    artifact = store.artifact(record.id, "integer_model.npz")
-    if not artifact.exists():
-        raise UserError(f"run {record.id}: its integer model is not in {args.results}/artifacts (re-run it)")
+    artifact = store.integer_model(record)
     if args.images < 1:
         raise UserError("--images must be at least 1")
     targets = [Component.parse(t, registry.target) for t in args.targets]

@@ -140,6 +140,8 @@ def test_verify_is_read_only_and_a_truncated_artifact_is_one_line(plugin_path, t
     ok = run_cli("verify", record["id"], "--targets", "example-exact", "--images", "8", "--results", str(out), env=env)
     assert ok.returncode == 0 and "bit_exact=True" in ok.stdout and "images=8" in ok.stdout
     assert path.read_bytes() == before  # verify never rewrites what it checks
+    bench = run_cli("bench", "executor", "--run", record["id"], "--out", str(out), "--images", "8", env=env)
+    assert bench.returncode == 0 and "8 digits test images" in bench.stdout, bench.stderr
     updated = run_cli("verify", record["id"], "--targets", "example-exact", "--images", "8", "--update",
                       "--results", str(out), env=env)
     assert updated.returncode == 0 and json.loads(path.read_text())["targets"]["example-exact"]["check"]["images"] == 8

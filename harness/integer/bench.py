@@ -8,6 +8,7 @@ import time
 import torch
 
 from mpqbench.data.loader import to_float
+from mpqbench.errors import UserError
 from mpqbench.integer import executor
 from mpqbench.integer.export import export
 from mpqbench.integer.model import IntegerModel
@@ -23,27 +24,34 @@ def main(args: list[str], registry) -> int:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--bits", type=int, default=8, help="uniform W/A bits of the calibrated model")
-    parser.add_argument("--run", help="time a stored run's integer model instead (with --out)")
+    parser.add_argument("--run", help="time a stored run's integer model on its data set instead (with --out)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=executor.BATCH, help="images per pass of the executor")
     opts = parser.parse_args(args)
-    data = registry.dataset(opts.dataset).load(None, cache_dir() / "data")
-    x = data.test.x[:opts.images].numpy()
+    if opts.images < 1 or opts.batch < 1:
+        raise UserError("--images and --batch must be at least 1")
     if opts.run:
-        record = RunStore(opts.out).find(opts.run)
-        imodel = IntegerModel.load(RunStore(opts.out).artifact(record["id"], "integer_model.npz"))
-        what = f"run {record['id']} ({record['label']})"
+        store = RunStore(opts.out)
+        record = store.find(opts.run)
+        imodel = IntegerModel.load(store.integer_model(record))
+        dataset = record.spec["dataset"]
+        what = f"run {record.id} ({record.label})"
     else:
+        dataset = opts.dataset
+    data = registry.dataset(dataset).load(None, cache_dir() / "data")
+    x = data.test.x[:opts.images].numpy()
+    if not opts.run:
         imodel = _calibrated(registry.model(opts.model), data, opts.bits)
         what = (f"{opts.model} W{opts.bits}A{opts.bits} (random weights, BN and steps calibrated on 512 "
                 "training images: speed does not depend on the weights' values)")
     executor.run(imodel, x[:64])  # warm-up: unpack weights, touch code paths
     start = time.perf_counter()
-    executor.run(imodel, x)
+    executor.run(imodel, x, batch=opts.batch)
     seconds = time.perf_counter() - start
     print(f"reference executor, {what}")
-    print(f"{len(x)} {opts.dataset} test images in {seconds:.1f} s = {len(x) / seconds:.0f} images/s "
-          f"on {torch.get_num_threads()} threads")
+    print(f"{len(x)} {dataset} test images in {seconds:.1f} s = {len(x) / seconds:.0f} images/s "
+          f"on {torch.get_num_threads()} threads, batches of {opts.batch}")
     return 0
 
 

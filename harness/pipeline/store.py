@@ -32,6 +32,15 @@ class RunStore:
     def artifact(self, run_id: str, name: str) -> Path:
         return self.root / "artifacts" / run_id / name
 
+    def integer_model(self, record: RunRecord) -> Path:
+        """The path of a run's exported integer model; a one-line UserError when it has none here."""
+        path = self.artifact(record.id, "integer_model.npz")
+        if "int_top1" not in record.metrics:
+            raise UserError(f"run {record.id} has no integer model")
+        if not path.exists():
+            raise UserError(f"run {record.id}: its integer model is not in {self.root}/artifacts (re-run it)")
+        return path
+
     def check_readable(self) -> None:
         """A one-line UserError unless the folder holds a ``runs/`` folder."""
         if not (self.root / "runs").is_dir():
