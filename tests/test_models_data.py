@@ -8,11 +8,13 @@ import torch
 from mpqbench.api import ImageShape
 from mpqbench.data import builtin as data
 from mpqbench.data.loader import augment_batch, batches
-from mpqbench.data.splits import Augment
+from mpqbench.data.splits import Augment, Split
 from mpqbench.errors import UserError
 from mpqbench.models.builtin import MODELS
 from mpqbench.quant.model import QuantModel
 from mpqbench.quant.policy import BitPolicy
+from mpqbench.train.checkpoints import cached_predictions
+from mpqbench.train.loop import predict
 
 ENTRIES = {e.name: e for e in MODELS}
 
@@ -139,3 +141,23 @@ def test_batches_cover_the_split_once():
     split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
     seen = torch.cat([y for _, y in batches(split, 3, torch.Generator().manual_seed(1))])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+def test_fp32_predictions_are_cached_per_checkpoint_and_images(tmp_path):
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    split = Split(torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
+    meta = {"key": "k", "sha256": "0" * 64}
+    first = cached_predictions(model, meta, split, tmp_path)
+    (path,) = (tmp_path / "checkpoints").glob("*.npy")
+    with torch.no_grad():
+        model[1].weight.neg_()  # the same checkpoint and images read the cache, not the model
+    assert torch.equal(cached_predictions(model, meta, split, tmp_path), first)
+    other = Split(split.x.flip(0), split.y)  # other images: computed anew, with the changed model
+    assert len(list((tmp_path / "checkpoints").glob("*.npy"))) == 1
+    cached_predictions(model, meta, other, tmp_path)
+    assert len(list((tmp_path / "checkpoints").glob("*.npy"))) == 2
+    path.write_bytes(b"junk")  # unreadable: computed again, from the (changed) model
+    again = cached_predictions(model, meta, split, tmp_path)
+    assert torch.equal(again, predict(model, split)) and not torch.equal(again, first)

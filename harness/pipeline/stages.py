@@ -31,7 +31,7 @@ from mpqbench.pipeline.spec import Component, RunSpec
 from mpqbench.quant.model import QuantModel
 from mpqbench.quant.policy import BitPolicy
 from mpqbench.system.environment import environment
-from mpqbench.train.checkpoints import Checkpoint
+from mpqbench.train.checkpoints import Checkpoint, cached_predictions
 from mpqbench.train.loop import accuracy, predict, resolve_device
 
 Artifacts = dict[str, bytes]
@@ -99,7 +99,8 @@ def _pipeline(run: RunContext, record: RunRecord, artifacts: Artifacts, registry
     test = run.data.test
 
     def evaluate():
-        return predict(run.fp32, test), predict(model, test)
+        fp32_meta = run.extra["fp32_checkpoint"]
+        return cached_predictions(run.fp32, fp32_meta, test, run.cache), predict(model, test)
 
     fp32_preds, preds = stage("evaluate", evaluate)
     metrics.update(fp32_top1=accuracy(fp32_preds, test.y), top1=accuracy(preds, test.y), test_images=len(test))
