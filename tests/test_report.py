@@ -284,8 +284,8 @@ def test_bit_maps_put_layers_in_network_order_and_average_seeds():
     w3 = data[("small-cnn", "digits", "size_mb=w3")]
     assert w3["layers"] == LAYERS and "fp32" not in w3["rows"]
     row = w3["rows"].index("mymethod")
-    assert w3["w"][row, 1] == pytest.approx((3 + 3 + 4) / 3) and not w3["agree"][row, 1] and w3["agree"][row, 2]
-    assert w3["a"][row].tolist() == [8, 8, 8, 8]
+    assert w3["w"][row, 1] == pytest.approx((3 + 3 + 4) / 3) and not w3["w_agree"][row, 1] and w3["w_agree"][row, 2]
+    assert w3["a"][row].tolist() == [8, 8, 8, 8] and w3["a_agree"][row].all()  # weight bits differing is not a's
     assert bitmaps.network_order(recs)["small-cnn"] == LAYERS  # an alphabetical order loses to a real one
     assert data[("small-cnn", "digits", "-")]["layers"] == LAYERS
     assert bitmaps.slug("resnet20", "fashion-mnist", "size_mb=w3") == "resnet20_fashion-mnist_size_mb-w3"

@@ -45,14 +45,15 @@ def network_order(records: Iterable[RunRecord]) -> dict[str, list[str]]:
 
 
 def bit_matrix(df: pd.DataFrame, records: Iterable[RunRecord]) -> dict[tuple, dict]:
-    """(model, data set, budget) -> {"layers": [...], "rows": [label], "w": array, "a": array, "agree": array}
-    built from the finished runs behind each table row (its ``run_ids``)."""
+    """(model, data set, budget) -> {"layers": [...], "rows": [label], "w": array, "a": array, "w_agree": array,
+    "a_agree": array} built from the finished runs behind each table row (its ``run_ids``); ``*_agree``: every
+    seed has the same bits in that cell."""
     records = list(records)
     by_id = {r.id: r for r in records}
     order = network_order(records)
     out = {}
     for key, rows in df.groupby(GROUP, sort=False, dropna=False):
-        labels, w_rows, a_rows, agree_rows, layers = [], [], [], [], None
+        labels, w_rows, a_rows, w_agree, a_agree, layers = [], [], [], [], [], None
         several_recipes = rows["recipe"].nunique() > 1
         for _, row in rows.iterrows():
             if is_reference(row) or not row["seeds"]:
@@ -65,10 +66,12 @@ def bit_matrix(df: pd.DataFrame, records: Iterable[RunRecord]) -> dict[tuple, di
             labels.append(f"{row['method']} [{row['recipe']}]" if several_recipes else str(row["method"]))
             w_rows.append(bits[:, :, 0].mean(0))
             a_rows.append(bits[:, :, 1].mean(0))
-            agree_rows.append((bits.max(0) == bits.min(0)).all(-1))
+            agree = bits.max(0) == bits.min(0)
+            w_agree.append(agree[:, 0])
+            a_agree.append(agree[:, 1])
         if labels:
             out[key] = {"layers": layers, "rows": labels, "w": np.array(w_rows), "a": np.array(a_rows),
-                        "agree": np.array(agree_rows)}
+                        "w_agree": np.array(w_agree), "a_agree": np.array(a_agree)}
     return out
 
 
@@ -91,7 +94,7 @@ def figure(key: tuple, data: dict):
         for (i, j), v in np.ndenumerate(values):
             if np.isnan(v):
                 continue
-            text = f"{v:.0f}" if data["agree"][i, j] else f"{v:.1f}"
+            text = f"{v:.0f}" if data[f"{part}_agree"][i, j] else f"{v:.1f}"
             rgb = cmap(norm(np.clip(v, *BITS)))[:3]
             ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
                     color="white" if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.5 else "black")
