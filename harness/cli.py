@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -264,7 +265,8 @@ def cmd_compare(args, registry) -> int:
     else:
         result = compare.folders(_store(args.a).records(), _store(args.b).records(), (args.a, args.b),
                                  metric=args.metric, alpha=args.alpha)
-    print(compare.render(result) if args.format == "text" else compare.to_json(result), end="")
+    width = max(120, shutil.get_terminal_size((120, 24)).columns)  # a wide terminal ($COLUMNS) unfolds verdicts
+    print(compare.render(result, width) if args.format == "text" else compare.to_json(result), end="")
     return 0
 
 
