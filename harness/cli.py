@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +36,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _labels(text: str) -> list[str]:
+    """Comma-separated method labels; a comma inside parentheses belongs to its label (``ddq(a=8,variant=fixed)``)."""
+    protected = re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(",", "\0"), text)
+    return [label.replace("\0", ",") for label in _csv(protected)]
 
 
 def _common() -> argparse.ArgumentParser:
@@ -101,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--sort", metavar="KEY[:asc|desc]", help="order rows within each group (default: rank)")
     board.add_argument("--wide", action="store_true", help="every column, no width limit")
     for name in ("model", "dataset", "method", "budget"):
-        board.add_argument(f"--{name}", f"--{name}s", dest=name, type=_csv, metavar="NAMES",
+        board.add_argument(f"--{name}", f"--{name}s", dest=name, type=_labels if name == "method" else _csv,
+                           metavar="NAMES",
                            help=f"only these {name}s (comma list)" + (", by label or name" if name == "method" else ""))
 
     publish = sub.add_parser("publish", parents=[common], help="a static web site (tables, plots, records) of results")
@@ -115,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="two result folders (or two methods of one) side by side, paired over seeds")
     compare.add_argument("a", metavar="A", help="results folder")
     compare.add_argument("b", metavar="B", nargs="?", help="second results folder (or use --methods)")
-    compare.add_argument("--methods", type=_csv, metavar="X,Y", help="compare two methods (labels) within A")
+    compare.add_argument("--methods", type=_labels, metavar="X,Y", help="compare two methods (labels) within A")
     compare.add_argument("--baseline", metavar="METHOD",
                          help="every method of A against METHOD (e.g. uniform) at the same budget and A bits")
     compare.add_argument("--metric", default="top1", help="top1 (default), int_top1, drop, size_mb, bitops_g, ...")

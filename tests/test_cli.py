@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import run_cli
-from mpqbench.cli import main
+from mpqbench.cli import _labels, main
 
 TINY = ["--models", "small-cnn", "--datasets", "digits", "--recipe", "tiny", "--no-progress"]
 
@@ -42,3 +42,7 @@ def test_the_console_script_exits_non_zero_without_a_traceback(tmp_path):
     assert result.stderr.strip() == "mpqbench: error: unknown method 'nope' (known: " + \
         result.stderr.split("(known: ", 1)[1].strip()
     assert "Traceback" not in result.stderr
+
+
+def test_method_labels_keep_their_commas_inside_parentheses():
+    assert _labels("ddq(a=8,variant=fixed), ddq(a=8),uniform") == ["ddq(a=8,variant=fixed)", "ddq(a=8)", "uniform"]
