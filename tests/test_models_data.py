@@ -144,7 +144,6 @@ def test_batches_cover_the_split_once():
 
 
 def test_fp32_predictions_are_cached_per_checkpoint_and_images(tmp_path):
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     split = Split(torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8), torch.zeros(10, dtype=torch.long))

@@ -31,17 +31,14 @@ def main(args: list[str], registry) -> int:
     opts = parser.parse_args(args)
     if opts.images < 1 or opts.batch < 1:
         raise UserError("--images and --batch must be at least 1")
-    if opts.run:
-        store = RunStore(opts.out)
-        record = store.find(opts.run)
+    store = RunStore(opts.out)
+    record = store.find(opts.run) if opts.run else None
+    data = registry.dataset(record.spec["dataset"] if record else opts.dataset).load(None, cache_dir() / "data")
+    x = data.test.x[:opts.images].numpy()
+    if record:
         imodel = IntegerModel.load(store.integer_model(record))
-        dataset = record.spec["dataset"]
         what = f"run {record.id} ({record.label})"
     else:
-        dataset = opts.dataset
-    data = registry.dataset(dataset).load(None, cache_dir() / "data")
-    x = data.test.x[:opts.images].numpy()
-    if not opts.run:
         imodel = _calibrated(registry.model(opts.model), data, opts.bits)
         what = (f"{opts.model} W{opts.bits}A{opts.bits} (random weights, BN and steps calibrated on 512 "
                 "training images: speed does not depend on the weights' values)")
@@ -50,7 +47,7 @@ def main(args: list[str], registry) -> int:
     executor.run(imodel, x, batch=opts.batch)
     seconds = time.perf_counter() - start
     print(f"reference executor, {what}")
-    print(f"{len(x)} {dataset} test images in {seconds:.1f} s = {len(x) / seconds:.0f} images/s "
+    print(f"{len(x)} {data.name} test images in {seconds:.1f} s = {len(x) / seconds:.0f} images/s "
           f"on {torch.get_num_threads()} threads, batches of {opts.batch}")
     return 0
 
