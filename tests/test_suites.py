@@ -44,7 +44,8 @@ def test_every_suite_parses_validates_and_documents_itself():
     ptq, qat = SweepConfig.from_suite("ptq"), SweepConfig.from_suite("qat")
     assert ptq.get_recipe().qat_epochs == 0 and ptq.get_recipe().ptq_init == "mse" and ptq.first_last == "search"
     assert qat.get_recipe().qat_epochs > 0
-    assert qat.method_budgets == {"ompq": ["size_mb=w5", "w6", "w7"], "hawq-v3": ["size_mb=w5", "w6", "w7"]}
+    size = ["size_mb=w5", "w6", "w7"]
+    assert qat.method_budgets == {"ompq": size, "hawq-v3": size, "uniform:a=8": size}
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert package_data["package-data"]["mpqbench.suites"] == ["*.toml"]
     assert "mpqbench.suites" in package_data["packages"]
@@ -93,13 +94,15 @@ def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_
     assert {r[2] for r in rows} == {"resnet20"} and {r[5] for r in rows} == {"0"}
     budgets = {}
     for r in rows:
-        budgets.setdefault(r[1].split("(")[0], set()).add(r[4])
-    assert budgets["ompq"] == budgets["hawq-v3"] == {"size_mb=w5", "size_mb=w6", "size_mb=w7"}
+        budgets.setdefault(r[1] if r[1].startswith("uniform") else r[1].split("(")[0], set()).add(r[4])
+    sizes = {"size_mb=w5", "size_mb=w6", "size_mb=w7"}
+    # the uniform baselines: at A8 under the plugin-less key "uniform:a=8" (OMPQ's sizes), at A4 the shared ones
+    assert budgets["ompq"] == budgets["hawq-v3"] == budgets["uniform(a=8)"] == sizes
     # bitops_g=w3a3 is written w3 (activations as the weights)
     shared = {"avg_bits=2.25", "avg_bits=2.5", "avg_bits=2.75", "avg_bits=3", "bitops_g=w3", "bitops_g=w2a4"}
-    assert budgets["sdq"] == budgets["dfq-diff"] == budgets["ddq"] == shared
-    budgeted = sum(m.split(":")[0] in ("ompq", "hawq-v3") for m in methods) * 3 + sum(
-        m.split(":")[0] in ("sdq", "dfq-diff", "ddq", "sensitivity") for m in methods) * 6
+    assert budgets["sdq"] == budgets["dfq-diff"] == budgets["ddq"] == budgets["uniform(a=4)"] == shared
+    budgeted = sum(m.split(":")[0] in ("ompq", "hawq-v3") or m == "uniform:a=8" for m in methods) * 3 + sum(
+        m.split(":")[0] in ("sdq", "dfq-diff", "ddq", "sensitivity") or m == "uniform:a=4" for m in methods) * 6
     assert f"{budgeted + 5} cells: {budgeted + 5} to run" in out  # + fp32 and four uniform points
 
 
@@ -110,8 +113,14 @@ def test_ptq_hard_suite_dry_run_is_the_hard_task_on_the_half_width_model(capsys,
     out = capsys.readouterr().out
     rows = _cells(out)
     assert {(r[2], r[3]) for r in rows if r[1] != "fp32"} == {("resnet20-half", "fashion-mnist-hard")}
-    n = 5 * (5 + 5 * sum(m.split(":")[0] in ("ompq", "hawq-v3", "sensitivity") for m in methods))
+    cfg = SweepConfig.from_suite("ptq-hard")
+    per_seed = 5 + sum(len(cfg.parsed_budgets(mpqbench_registry, m)) for m in methods if ":w=" not in m and m != "fp32")
+    n = 5 * per_seed
     assert f"{n} cells: {n} to run" in out
+    # the OMPQ controls, solver and beta sweep beside OMPQ, at their own budgets
+    labels = {(r[1], r[4]) for r in rows}
+    assert ("ompq(allocation=position,beta=100,candidates=2/3/4)", "avg_bits=2.75") in labels
+    assert not any(r[1].startswith("ompq(allocation") and r[4] == "avg_bits=3" for r in rows)
 
 
 @pytest.mark.parametrize("argv, message", [

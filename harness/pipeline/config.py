@@ -3,7 +3,8 @@
 The TOML file takes the flags' keys, spelt either way (``first-last`` or ``first_last``), plus the tables
 ``[recipe_overrides]`` (recipe fields, as ``--set``), ``[params.<plugin>]`` (a method's or target's
 parameters for every use of it) and ``[method_budgets]`` (a method's own budgets, replacing ``budgets`` for
-that method only: HAWQ-V3's {4, 8} bits at ``size_mb=w5,w6,w7`` beside methods at 2-3 bits). List keys
+that method only: HAWQ-V3's {4, 8} bits at ``size_mb=w5,w6,w7`` beside methods at 2-3 bits; keyed by the plugin's
+name, or by the method exactly as written in ``methods``, e.g. ``"uniform:a=8"``, which wins). List keys
 take a TOML list or one comma-separated string. Every ill-typed value is reported, one line each, before
 anything runs (see ``examples/sweep.toml``). A suite (:mod:`mpqbench.suites`) is such a file shipped with the
 package.
@@ -97,8 +98,10 @@ class SweepConfig:
         raise UserError(f"--first-last must be 8 or search, not {self.first_last!r}")
 
     def parsed_budgets(self, registry, method: str | None = None) -> list[Budget]:
-        """The budgets of ``method`` (its own ``method_budgets`` if it has them), or the shared ones."""
-        texts = self.method_budgets.get(method, self.budgets)
+        """The budgets of ``method`` as written in ``methods`` (its own ``method_budgets``, under that text or its
+        plugin's name, if it has them), or the shared ones."""
+        name = split_component(method)[0] if method else None
+        texts = self.method_budgets.get(method, self.method_budgets.get(name, self.budgets))
         return parse_budgets(texts, registry.tables["budget kind"]) if texts else []
 
     def expand(self, registry) -> list[RunSpec]:
@@ -117,19 +120,19 @@ class SweepConfig:
         for m in methods:
             registry.method(m.name).check(m.kwargs)
         for name in self.method_budgets:
-            registry.method(name)
+            registry.method(split_component(name)[0])
         self.target_components(registry)  # validates target names and parameters
-        budgets = {m.name: self.parsed_budgets(registry, m.name) for m in methods}
+        budgets = [self.parsed_budgets(registry, text) for text in self.methods]
         recipe, first_last = self.get_recipe(), self.first_last_bits()
         specs = []
         for dataset in self.datasets:
             for model in self.models:
-                for method in methods:
+                for method, method_budgets in zip(methods, budgets):
                     uses = registry.method(method.name).uses_budget(method.kwargs)
-                    if uses and not budgets[method.name]:
+                    if uses and not method_budgets:
                         raise UserError(f"method {method.name} needs a budget: pass --budgets KIND=VALUE "
                                         f"(e.g. size_mb=w4)")
-                    for budget in budgets[method.name] if uses else [None]:
+                    for budget in method_budgets if uses else [None]:
                         for seed in self.seeds:
                             specs.append(RunSpec(method, model, dataset, budget, int(seed), recipe, first_last))
         return list(dict.fromkeys(specs))
