@@ -332,6 +332,19 @@ def test_compare_tests_images_pairwise_where_records_hold_per_image_correctness(
     assert tie.discordant == "0/0" and tie.p_images == 1.0 and "within noise" in tie.verdict
 
 
+def test_compare_pairs_a_row_without_a_budget_with_the_other_methods_row_at_each_budget():
+    fixed = [record("uniform(w=3)", s, 84.0 + s, budget=None) for s in range(3)]
+    mixed = [record("mixed", s, 85.0 + s + (b == "size_mb=w4"), budget=b) for s in range(3)
+             for b in ("size_mb=w3", "size_mb=w4")]
+    result = compare.methods(fixed + mixed, "uniform(w=3)", "mixed")
+    diffs = {p.key["budget"]: (p.pairs, p.diff) for p in result.shared}
+    assert diffs == {"size_mb=w3": (3, pytest.approx(1.0)), "size_mb=w4": (3, pytest.approx(2.0))}
+    assert not result.only_a and not result.only_b
+    # both sides at budgets: matched budget by budget, as before
+    at_w3 = compare.methods(sweep(), "uniform", "mymethod")
+    assert [p.key["budget"] for p in at_w3.shared] == ["size_mb=w3"]
+
+
 def test_compare_two_folders_lists_rows_only_one_side_has(tmp_path):
     a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
     recs = sweep()

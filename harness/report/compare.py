@@ -186,14 +186,29 @@ def folders(records_a, records_b, names: tuple[str, str], metric: str = "top1", 
 
 def methods(records, method_a: str, method_b: str, metric: str = "top1", alpha: float = 0.05) -> Comparison:
     """Two methods (labels as the leaderboard writes them, e.g. ``ompq`` and ``uniform(a=8)``) of one sweep,
-    matched on (model, data set, recipe, budget)."""
+    matched on (model, data set, recipe, budget); a side's rows without a budget match every budget."""
     rows = seed_values(records, metric)
     for m in (method_a, method_b):
         if m not in set(rows["method"]):
             raise UserError(f"no rows of method {m!r} (there are: {', '.join(sorted(set(rows['method'])))})")
     key = [k for k in ROW_KEY if k != "method"]
-    return compare(rows[rows["method"] == method_a], rows[rows["method"] == method_b], key, (method_a, method_b),
-                   metric, alpha)
+    rows_a, rows_b = rows[rows["method"] == method_a], rows[rows["method"] == method_b]
+    return compare(_at_budgets(rows_a, rows_b), _at_budgets(rows_b, rows_a), key, (method_a, method_b), metric,
+                   alpha)
+
+
+def _at_budgets(rows: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each row run without a budget (a fixed bitwidth, e.g. uniform W3A4) repeated at every
+    budget ``other`` has for its (model, data set, recipe): such a row is the same row whatever the budget, so
+    a method's row at avg_bits=3 can be paired with uniform W3A4 seed by seed."""
+    fixed = rows["budget"] == "-"
+    place = ["model", "dataset", "recipe"]
+    budgets = other.loc[other["budget"] != "-", place + ["budget"]].drop_duplicates()
+    if not fixed.any() or budgets.empty:
+        return rows
+    spread = rows[fixed].drop(columns="budget").merge(budgets, on=place)
+    placed = rows[fixed].set_index(place).index.isin(budgets.set_index(place).index)
+    return pd.concat([rows[~fixed], rows[fixed][~placed], spread[rows.columns]], ignore_index=True)
 
 
 def baseline(records, name: str = "uniform", metric: str = "top1", alpha: float = 0.05) -> Comparison:
