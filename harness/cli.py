@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="every method of A against METHOD (e.g. uniform) at the same budget and A bits")
     compare.add_argument("--metric", default="top1", help="top1 (default), int_top1, drop, size_mb, bitops_g, ...")
     compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test")
+    compare.add_argument("--across-recipes", action="store_true",
+                         help="two folders: match rows ignoring the recipe (the same grid under two recipes)")
     compare.add_argument("--format", choices=["text", "json"], default="text")
 
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins and what they provide")
@@ -264,6 +266,8 @@ def cmd_compare(args, registry) -> int:
 
     if sum(x is not None for x in (args.b, args.methods, args.baseline)) != 1:
         raise UserError("compare takes two results folders (A B), or one folder and --methods X,Y or --baseline M")
+    if args.across_recipes and args.b is None:
+        raise UserError("--across-recipes compares two results folders (A B)")
     if args.baseline is not None:
         result = compare.baseline(_store(args.a).records(), args.baseline, metric=args.metric, alpha=args.alpha)
     elif args.methods is not None:
@@ -272,7 +276,7 @@ def cmd_compare(args, registry) -> int:
         result = compare.methods(_store(args.a).records(), *args.methods, metric=args.metric, alpha=args.alpha)
     else:
         result = compare.folders(_store(args.a).records(), _store(args.b).records(), (args.a, args.b),
-                                 metric=args.metric, alpha=args.alpha)
+                                 metric=args.metric, alpha=args.alpha, across_recipes=args.across_recipes)
     width = max(120, shutil.get_terminal_size((120, 24)).columns)  # a wide terminal ($COLUMNS) unfolds verdicts
     print(compare.render(result, width) if args.format == "text" else compare.to_json(result), end="")
     return 0

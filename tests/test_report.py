@@ -359,6 +359,22 @@ def test_compare_two_folders_lists_rows_only_one_side_has(tmp_path):
     assert "identical" in shared["uniform"].verdict
     assert [r["method"] for r in result.only_a] == ["greedy"] and [r["method"] for r in result.only_b] == ["newcomer"]
     assert json.loads(compare.to_json(result))["only_b"][0]["seeds"] == 1
+    # the same grid under another recipe: nothing matches, unless matched across recipes
+    other = RunStore(tmp_path / "other")
+    for r in recs:
+        r.spec["recipe"] = {**r.spec["recipe"], "lsq_grad": "torch"}
+        r.id += "-torch"
+        other.write(r)
+    assert not compare.folders(a.records(), other.records(), ("a", "other")).shared
+    across = compare.folders(a.records(), other.records(), ("a", "other"), across_recipes=True)
+    assert {p.key["method"] for p in across.shared} == {"uniform", "mymethod", "greedy", "broken", "uniform(w=2)",
+                                                        "uniform(w=4)", "uniform(w=8)", "fp32"}
+    assert "recipe A's and B's" in compare.render(across)
+    both = RunStore(tmp_path / "both")
+    for r in [*a.records(), *other.records()]:
+        both.write(r)
+    with pytest.raises(UserError, match="several recipes"):
+        compare.folders(both.records(), a.records(), ("both", "a"), across_recipes=True)
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------
@@ -381,6 +397,8 @@ def test_cli_leaderboard_formats_and_filters(capsys):
     assert "two results folders" in capsys.readouterr().err
     assert main(["compare", str(PUBLISHED), "--methods", "ompq,nope"]) == 2
     assert "no rows of method 'nope'" in capsys.readouterr().err
+    assert main(["compare", str(PUBLISHED), "--baseline", "uniform", "--across-recipes"]) == 2
+    assert "--across-recipes compares two results folders" in capsys.readouterr().err
 
 
 def test_compare_against_a_baseline_pairs_every_method_with_uniform_at_its_budget_and_activation_bits(capsys):

@@ -179,9 +179,22 @@ def compare(rows_a: pd.DataFrame, rows_b: pd.DataFrame, key: list[str], names: t
     return Comparison(names[0], names[1], metric, alpha, shared, only(index_a, index_b), only(index_b, index_a))
 
 
-def folders(records_a, records_b, names: tuple[str, str], metric: str = "top1", alpha: float = 0.05) -> Comparison:
-    """Two sweeps: rows matched on (method, model, data set, recipe, budget)."""
-    return compare(seed_values(records_a, metric), seed_values(records_b, metric), ROW_KEY, names, metric, alpha)
+def folders(records_a, records_b, names: tuple[str, str], metric: str = "top1", alpha: float = 0.05,
+            across_recipes: bool = False) -> Comparison:
+    """Two sweeps: rows matched on (method, model, data set, recipe, budget); with ``across_recipes`` on
+    (method, model, data set, budget), for the same grid run under two recipes (``lsq_grad=paper`` against
+    ``torch``), each folder holding one recipe per row."""
+    rows = [seed_values(records, metric) for records in (records_a, records_b)]
+    key = ROW_KEY
+    if across_recipes:
+        key = [k for k in ROW_KEY if k != "recipe"]
+        for name, side in zip(names, rows):
+            several = side[side.duplicated(key, keep=False)]
+            if not several.empty:
+                first = several.iloc[0]
+                raise UserError(f"--across-recipes: {name} holds {first['method']} {first['budget']} under "
+                                f"several recipes ({', '.join(sorted(several['recipe'].unique()))})")
+    return compare(*rows, key, names, metric, alpha)
 
 
 def methods(records, method_a: str, method_b: str, metric: str = "top1", alpha: float = 0.05) -> Comparison:
@@ -241,9 +254,10 @@ def render(result: Comparison, width: int = 120) -> str:
     for p in result.shared:
         pairs.setdefault((p.key["model"], p.key["dataset"]), []).append(p)
     for (model, dataset), rows in pairs.items():
-        several = len({p.key["recipe"] for p in rows}) > 1
+        recipes = {p.key.get("recipe", "A's and B's") for p in rows}  # no recipe in the key: matched across them
+        several = len(recipes) > 1
         shown = [k for k in ("method", "budget", "a_bits") if k in rows[0].key] + (["recipe"] if several else [])
-        recipe = "" if several else f" · recipe {rows[0].key['recipe']}"
+        recipe = "" if several else f" · recipe {recipes.pop()}"
         console.print(Text(f"{model} · {dataset}{recipe}"))
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
         for k in shown:
