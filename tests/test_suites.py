@@ -280,6 +280,8 @@ def test_pareto_figure_is_written_for_a_budget_sweep_and_only_then(tmp_path):
     paths = leaderboard.write(df, tmp_path / "sweep", records=records)
     assert tmp_path / "sweep" / "leaderboard-pareto.svg" in paths
     assert (tmp_path / "sweep" / "leaderboard-pareto.png").stat().st_size > 0
+    maps = {p.name for p in paths if p.parent.name == "bitmaps"}  # one per budget: 2.25 and 2.5 are not "2"
+    assert {"small-cnn_digits_avg_bits-2.25.svg", "small-cnn_digits_avg_bits-2.5.png"} <= maps
     fig = plots.pareto_figure(df)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"mymethod", "uniform", "budgets: avg_bits", "budgets: bitops_g"} <= set(legend)
@@ -287,6 +289,10 @@ def test_pareto_figure_is_written_for_a_budget_sweep_and_only_then(tmp_path):
     assert ax.get_xlabel().startswith("average weight bits")
     styles = {line.get_linestyle() for line in ax.lines if len(line.get_xdata()) == 3}
     assert {"-", ":"} <= styles  # one line per budget kind over its three budgets
+    paired = fig.axes[1]  # the same rows minus each seed's FP32 accuracy (record(): drop = 90 - top1)
+    assert "FP32" in paired.get_ylabel()
+    expected = [82.0 + bits + 0.125 - 90.0 for bits in (2.25, 2.5, 3.0)]  # seed means of top1 - 90
+    assert any(list(line.get_ydata()) == pytest.approx(expected) for line in paired.lines)
     single = [r for r in records if r.spec["budget"] in (None, "avg_bits=2.5")]
     df1 = leaderboard.table(single)
     assert plots.sweeps(df1) == []

@@ -102,12 +102,17 @@ def _fp32_levels(rows: pd.DataFrame) -> list[float]:
     return sorted({round(float(v), 2) for v in values})
 
 
-def _front_and_reference(ax, rows: pd.DataFrame, xs: np.ndarray, ys: np.ndarray) -> None:
-    """The grey Pareto front of the quantized row means (``xs`` cost, ``ys`` top-1) and the FP32 level lines."""
+def _front(ax, xs: np.ndarray, ys: np.ndarray) -> None:
+    """The grey Pareto front of the quantized row means (``xs`` cost, ``ys`` accuracy)."""
     if len(xs) > 1:
         front = pareto(xs, ys)
         ax.step(xs[front], ys[front], where="post", color="0.55", linewidth=5, alpha=0.35, zorder=1,
                 solid_capstyle="round")
+
+
+def _front_and_reference(ax, rows: pd.DataFrame, xs: np.ndarray, ys: np.ndarray) -> None:
+    """The Pareto front (:func:`_front`) and the FP32 level lines."""
+    _front(ax, xs, ys)
     for level in _fp32_levels(rows):
         ax.axhline(level, color="0.2", linestyle=(0, (5, 3)), linewidth=1, zorder=2)
         ax.annotate(f"FP32 {level:.2f}", (0, level), xycoords=("axes fraction", "data"), xytext=(3, 3),
@@ -166,28 +171,38 @@ def sweeps(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(key[:3] for key, n in counts.items() if n > 1))
 
 
-def pareto_panel(ax, rows: pd.DataFrame, palette: dict[str, tuple[str, str]]) -> None:
+def pareto_panel(ax, rows: pd.DataFrame, palette: dict[str, tuple[str, str]], paired: bool = False) -> None:
     """Top-1 against average weight bits: a line per (method, budget kind), uniform rows as points, the
-    Pareto front of the row means, the FP32 level."""
-    quant = rows[~rows.apply(is_reference, axis=1) & rows["top1"].notna() & rows["avg_w_bits"].notna()
+    Pareto front of the row means, the FP32 level. ``paired``: top-1 minus the FP32 accuracy of the run's own
+    checkpoint instead (minus ``drop``), mean ± std over seeds: where every seed trains its own FP32
+    checkpoint, their spread moves every row of a seed together and this panel removes it."""
+    y, std = ("drop", "drop_std") if paired else ("top1", "top1_std")
+    sign = -1.0 if paired else 1.0
+    quant = rows[~rows.apply(is_reference, axis=1) & rows[y].notna() & rows["avg_w_bits"].notna()
                  & (rows["seeds"] > 0)]
     for (label, kind), series in quant.groupby([quant["method"], quant["budget"].map(budget_kind)], sort=True):
         fam = family(label)
         colour, marker = palette[fam]
         baseline = fam.split("(")[0] in BASELINES
         series = series.sort_values("avg_w_bits")
-        ax.errorbar(series["avg_w_bits"], series["top1"], yerr=series["top1_std"].fillna(0).to_numpy(),
+        ax.errorbar(series["avg_w_bits"], sign * series[y], yerr=series[std].fillna(0).to_numpy(),
                     color=colour, marker=marker, markersize=5, capsize=2.5, elinewidth=0.9, linewidth=1.4, zorder=3,
                     linestyle="none" if baseline or len(series) < 2 else KIND_STYLES.get(kind, "-."))
-    _front_and_reference(ax, rows, quant["avg_w_bits"].to_numpy(float), quant["top1"].to_numpy(float))
+    xs, ys = quant["avg_w_bits"].to_numpy(float), sign * quant[y].to_numpy(float)
+    if paired:
+        _front(ax, xs, ys)
+        ax.axhline(0, color="0.2", linestyle=(0, (5, 3)), linewidth=1, zorder=2)
+    else:
+        _front_and_reference(ax, rows, xs, ys)
     ax.set_xlabel("average weight bits (parameter-weighted, measured)")
-    ax.set_ylabel("top-1 % (fake-quant)")
+    ax.set_ylabel("top-1 - the seed's FP32 (points)" if paired else "top-1 % (fake-quant)")
     ax.grid(alpha=0.25, linewidth=0.6)
     ax.tick_params(labelsize=8)
 
 
 def pareto_figure(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None = None):
-    """The Pareto figure: one panel per group of :func:`sweeps` (there must be one), one legend below."""
+    """The Pareto figure: per group of :func:`sweeps` (there must be one) a row of two panels, top-1 and top-1
+    paired with the seed's own FP32 accuracy; one legend below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,13 +211,14 @@ def pareto_figure(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None =
 
     groups = sweeps(df)
     palette = palette or styles(df["method"])
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 3.8 * len(groups) + 1.4), squeeze=False,
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.2 * len(groups) + 1.4), squeeze=False,
                              layout="constrained")
     labels: set[str] = set()
-    for ax, (model, dataset, recipe) in zip(axes[:, 0], groups):
+    for row_axes, (model, dataset, recipe) in zip(axes, groups):
         rows = df[(df["model"] == model) & (df["dataset"] == dataset) & (df["recipe"] == recipe)]
-        pareto_panel(ax, rows, palette)
-        ax.set_title(f"{model} / {dataset} / {recipe}", fontsize=10)
+        for ax, paired in zip(row_axes, (False, True)):
+            pareto_panel(ax, rows, palette, paired)
+            ax.set_title(f"{model} / {dataset} / {recipe}" + (", paired by seed" if paired else ""), fontsize=10)
         labels |= {str(m) for m in rows.loc[rows["seeds"] > 0, "method"] if not str(m).startswith("fp32")}
     used = sorted({family(m) for m in labels})
     kinds = sorted({budget_kind(b) for b in df.loc[df["seeds"] > 0, "budget"] if b != "-"})
@@ -211,7 +227,8 @@ def pareto_figure(df: pd.DataFrame, palette: dict[str, tuple[str, str]] | None =
     handles += [Line2D([], [], color="0.3", linestyle=KIND_STYLES.get(k, "-."), label=f"budgets: {k}") for k in kinds]
     handles += _reference_handles()
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8, frameon=False,
-               title="error bars: ± 1 sample std over seeds", title_fontsize=8)
+               title="error bars: ± 1 sample std over seeds (right: of the difference to the seed's own FP32 "
+                     "checkpoint)", title_fontsize=8)
     return fig
 
 
@@ -250,7 +267,7 @@ def save(fig, stem: Path) -> list[Path]:
     from matplotlib import pyplot as plt
 
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".svg"), stem.with_suffix(".png")]
+    paths = [stem.parent / f"{stem.name}.svg", stem.parent / f"{stem.name}.png"]  # not with_suffix: "avg_bits-2.25"
     with matplotlib.rc_context({"svg.hashsalt": "mpqbench", "svg.fonttype": "path"}):
         fig.savefig(paths[0], metadata={"Date": None, "Creator": None})
     fig.savefig(paths[1], dpi=130, metadata={"Software": None})
