@@ -43,6 +43,7 @@ def test_every_suite_parses_validates_and_documents_itself():
         cfg.get_recipe()  # recipe overrides are valid fields and values
     ptq, qat = SweepConfig.from_suite("ptq"), SweepConfig.from_suite("qat")
     assert ptq.get_recipe().qat_epochs == 0 and ptq.get_recipe().ptq_init == "mse" and ptq.first_last == "search"
+    assert ptq.get_recipe().ptq_reconstruct == 200 == SweepConfig.from_suite("ptq-hard").get_recipe().ptq_reconstruct
     assert qat.get_recipe().qat_epochs > 0
     size = ["size_mb=w5", "w6", "w7"]
     assert qat.method_budgets == {"ompq": size, "hawq-v3": size, "uniform:a=8": size}
