@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="two result folders (or two methods of one) side by side, paired over seeds")
     compare.add_argument("a", metavar="A", help="results folder")
     compare.add_argument("b", metavar="B", nargs="?", help="second results folder (or use --methods)")
-    compare.add_argument("--methods", type=_labels, metavar="X,Y", help="compare two methods (labels) within A; a row without a budget (uniform W3A4) meets every budget")
+    compare.add_argument("--methods", type=_labels, metavar="X,Y",
+                         help="compare two methods (labels) within A; a row without a budget (uniform W3A4) "
+                              "meets every budget")
     compare.add_argument("--baseline", metavar="METHOD",
                          help="every method of A against METHOD (e.g. uniform) at the same budget and A bits")
     compare.add_argument("--metric", default="top1", help="top1 (default), int_top1, drop, size_mb, bitops_g, ...")
