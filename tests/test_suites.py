@@ -86,10 +86,11 @@ def _cells(dry_run: str) -> list[list[str]]:
 
 
 @needs_fashion
-def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_only(capsys, mpqbench_registry):
+def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_only(capsys, mpqbench_registry,
+                                                                                     tmp_path):
     methods = _suite_methods(mpqbench_registry, "qat")
     assert main(["run", "--suite", "qat", "--models", "resnet20", "--seeds", "0", "--dry-run",
-                 "--methods", ",".join(methods)]) == 0
+                 "--methods", ",".join(methods), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = _cells(out)
     assert {r[2] for r in rows} == {"resnet20"} and {r[5] for r in rows} == {"0"}
@@ -108,9 +109,10 @@ def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_
 
 
 @needs_fashion
-def test_ptq_hard_suite_dry_run_is_the_hard_task_on_the_half_width_model(capsys, mpqbench_registry):
-    methods = _suite_methods(mpqbench_registry, "ptq-hard")
-    assert main(["run", "--suite", "ptq-hard", "--dry-run", "--methods", ",".join(methods)]) == 0
+def test_ptq_hard_suite_dry_run_is_the_hard_task_on_the_half_width_model(capsys, mpqbench_registry, tmp_path):
+    methods = _suite_methods(mpqbench_registry, "ptq-hard")  # an empty --out: not the committed, partial results
+    assert main(["run", "--suite", "ptq-hard", "--dry-run", "--methods", ",".join(methods),
+                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = _cells(out)
     assert {(r[2], r[3]) for r in rows if r[1] != "fp32"} == {("resnet20-half", "fashion-mnist-hard")}
