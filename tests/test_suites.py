@@ -98,7 +98,7 @@ def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_
     for r in rows:
         budgets.setdefault(r[1] if r[1].startswith("uniform") else r[1].split("(")[0], set()).add(r[4])
     sizes = {"size_mb=w5", "size_mb=w6", "size_mb=w7"}
-    # the uniform baselines: at A8 under the plugin-less key "uniform:a=8" (OMPQ's sizes), at A4 the shared ones
+    # the uniform baselines: at A8 under the key "uniform:a=8" as written (OMPQ's sizes), at A4 the shared ones
     assert budgets["ompq"] == budgets["hawq-v3"] == budgets["uniform(a=8)"] == sizes
     # bitops_g=w3a3 is written w3 (activations as the weights)
     shared = {"avg_bits=2.25", "avg_bits=2.5", "avg_bits=2.75", "avg_bits=3", "bitops_g=w3", "bitops_g=w2a4"}
