@@ -56,9 +56,7 @@ Controls (``allocation``), so that the ORM signal can be judged at the same budg
   let the undecided units (held at the lowest candidate, the cheapest completion) meet the budget. Always
   feasible without rejection; the per-unit draw is uniform, the joint law is not uniform over all feasible
   policies (later units see less room, which the random order spreads evenly). Seeded by the run's seed. No
-  solver: ``solver`` must stay ``exact``. The features are still computed after the draw, and the draw's ORM
-  objective sum_i c_i b_i (c normalised as the program's, at the run's ``beta``) recorded as ``orm_objective``:
-  over many draws at one budget, it tests OMPQ's claim that the objective ranks policies by accuracy.
+  solver: ``solver`` must stay ``exact``.
 
 ``run.extra["ompq"]`` keeps the units, the allocation and solver, the feature batch and BN mode, the ORM matrix
 (4 decimals), gamma, log theta, log c (unnormalised: the official scale), the normalised c the exact program
@@ -128,11 +126,6 @@ def normalised(log_c: np.ndarray) -> np.ndarray:
     return np.exp(log_c - log_c.max())
 
 
-def objective(log_c: np.ndarray, units: list[str], bits: dict[str, int]) -> float:
-    """sum_i c_i b_i with c normalised to a largest of 1: the program's objective, comparable between policies."""
-    return float(normalised(log_c) @ np.array([bits[u] for u in units]))
-
-
 def solve(run, units: list[str], log_c: np.ndarray, candidates: tuple[int, ...], act_bits: int) -> Allocation:
     """Maximise sum_i c_i b_i within the budget, exactly (phase ``search:solver``); the objective is reported
     with c normalised to a largest of 1. ``run`` is the RunContext, or anything with its ``layout``, ``cost``,
@@ -146,7 +139,8 @@ def solve(run, units: list[str], log_c: np.ndarray, candidates: tuple[int, ...],
     policy = unit_policy(run.layout, run.fixed, bits, act_bits)
     if not run.budget.met(run.cost, policy):
         raise RuntimeError(f"ompq: the exact program's policy misses {run.budget.text} (a bug)")
-    return Allocation(bits, policy, objective(log_c, units, bits), "optimal (exact dynamic program)", 0.0,
+    objective = float(normalised(log_c) @ np.array([bits[u] for u in units]))
+    return Allocation(bits, policy, objective, "optimal (exact dynamic program)", 0.0,
                       run.budget.measure(run.cost, policy))
 
 
@@ -236,18 +230,6 @@ class OMPQ(AllocationMethod):
                 raise UserError(f"ompq: solver=slsqp-round rounds to integers, so candidates must be a range of at "
                                 f"least two bitwidths (e.g. 4-8), not {'/'.join(map(str, candidates))}")
 
-    @staticmethod
-    def signal(run, units: list[str], record: dict) -> dict[str, np.ndarray]:
-        """The ORM signal of the run's feature batch, its batch, ORM, gamma and log theta kept in ``record``."""
-        p = run.params
-        indices = feature_batch(len(run.data.train), p["batch"], run.seed)
-        signal = orm_signal(run.fp32_model(), run.layout, units, to_float(run.data.train.x[indices]), p["bn"],
-                            p["beta"], run.measure)
-        record.update(batch_indices=indices.tolist(), bn=p["bn"], orm=np.round(signal["orm"], 4).tolist(),
-                      gamma=rounded(dict(zip(units, signal["gamma"]))),
-                      log_theta=rounded(dict(zip(units, signal["log_theta"]))))
-        return signal
-
     def search(self, run):
         p = run.params
         candidates, units = self.candidates_and_units(run)
@@ -256,11 +238,16 @@ class OMPQ(AllocationMethod):
             with run.measure("search:random"):
                 bits = random_bits(run, units, candidates, p["a"], np.random.default_rng(run.seed))
             policy = unit_policy(run.layout, run.fixed, bits, p["a"])
-            log_c = self.signal(run, units, record)["log_c"]
-            record.update(bits=bits, measured=run.budget.measure(run.cost, policy),
-                          log_c=rounded(dict(zip(units, log_c))), orm_objective=objective(log_c, units, bits))
+            record.update(bits=bits, measured=run.budget.measure(run.cost, policy))
             return policy
-        signal = self.signal(run, units, record) if p["allocation"] in ("orm", "reversed") else None
+        signal = None
+        if p["allocation"] in ("orm", "reversed"):
+            indices = feature_batch(len(run.data.train), p["batch"], run.seed)
+            signal = orm_signal(run.fp32_model(), run.layout, units, to_float(run.data.train.x[indices]), p["bn"],
+                                p["beta"], run.measure)
+            record.update(batch_indices=indices.tolist(), bn=p["bn"], orm=np.round(signal["orm"], 4).tolist(),
+                          gamma=rounded(dict(zip(units, signal["gamma"]))),
+                          log_theta=rounded(dict(zip(units, signal["log_theta"]))))
         log_c = log_coefficients(p["allocation"], len(units), signal)
         record["log_c"] = rounded(dict(zip(units, log_c)))
         if p["solver"] == "slsqp-round":
