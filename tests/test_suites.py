@@ -110,7 +110,7 @@ def test_suite_dry_run_lists_its_cells_and_method_budgets_apply_to_their_method_
 
 @needs_fashion
 def test_ptq_hard_suite_dry_run_is_the_hard_task_on_the_half_width_model(capsys, mpqbench_registry, tmp_path):
-    methods = _suite_methods(mpqbench_registry, "ptq-hard")  # an empty --out: not the committed, partial results
+    methods = _suite_methods(mpqbench_registry, "ptq-hard")  # an empty --out: not the committed results
     assert main(["run", "--suite", "ptq-hard", "--dry-run", "--methods", ",".join(methods),
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
